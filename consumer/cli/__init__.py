@@ -1,0 +1,54 @@
+"""``dagger-adapter``: the command line. Each verb lives in its own module and registers itself."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from consumer.cli import (
+    dlq_cmd,
+    results_cmd,
+    run_cmd,
+    schema_cmd,
+    status_cmd,
+    submit_cmd,
+    topology_cmd,
+    worker_cmd,
+)
+from consumer.cli.common import EXIT_USAGE, CliError, fail
+
+VERBS = (worker_cmd, submit_cmd, results_cmd, status_cmd, dlq_cmd, run_cmd, topology_cmd, schema_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dagger-adapter",
+        description="Run execution commands from RabbitMQ as Dagger pipelines; publish, watch and operate them.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML configuration file (environment DAGGER_ADAPTER_* overrides it)"
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for verb in VERBS:
+        verb.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors
+    try:
+        return int(args.handler(args) or 0)
+    except CliError as exc:
+        return fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+__all__ = ["EXIT_USAGE", "build_parser", "main"]

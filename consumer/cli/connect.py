@@ -1,0 +1,27 @@
+"""Opening a broker connection for a CLI verb, with errors a person can act on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustConnection
+
+from consumer.cli.common import CliError
+from consumer.config import redact_url
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str, timeout: float = 10.0) -> AsyncIterator[AbstractRobustConnection]:
+    try:
+        connection = await aio_pika.connect_robust(url, timeout=timeout, fail_fast=True)
+    except aiormq.exceptions.ProbableAuthenticationError:
+        raise CliError(f"RabbitMQ at {redact_url(url)} refused the credentials") from None
+    except (ConnectionError, OSError, TimeoutError, aiormq.exceptions.AMQPConnectionError) as exc:
+        raise CliError(f"cannot reach RabbitMQ at {redact_url(url)}: {exc or type(exc).__name__}") from None
+    try:
+        yield connection
+    finally:
+        await connection.close()

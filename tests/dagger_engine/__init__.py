@@ -1,0 +1,1 @@
+"""A test Dagger engine (placeholder: being written)."""

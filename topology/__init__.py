@@ -1,0 +1,15 @@
+"""Exchanges, queues, retry tiers and the dead-letter queue, declared from one place."""
+
+from topology.declare import DeclaredTopology, TopologyConflict, declare, queue_depths
+from topology.spec import ExchangeSpec, QueueSpec, RetryTier, Topology
+
+__all__ = [
+    "DeclaredTopology",
+    "ExchangeSpec",
+    "QueueSpec",
+    "RetryTier",
+    "Topology",
+    "TopologyConflict",
+    "declare",
+    "queue_depths",
+]

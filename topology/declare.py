@@ -1,0 +1,102 @@
+"""Declare the topology on a channel: idempotent, and clear about conflicts."""
+
+from __future__ import annotations
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+
+from topology.spec import Topology
+
+_KINDS = {
+    "topic": aio_pika.ExchangeType.TOPIC,
+    "direct": aio_pika.ExchangeType.DIRECT,
+    "fanout": aio_pika.ExchangeType.FANOUT,
+}
+
+
+class TopologyConflict(RuntimeError):
+    """An exchange or queue already exists with other settings than ours."""
+
+
+class DeclaredTopology:
+    """What ``declare`` returns: the exchange and queue objects, by role."""
+
+    def __init__(self, spec: Topology, exchanges: dict[str, AbstractExchange], queues: dict[str, AbstractQueue]):
+        self.spec = spec
+        self.exchanges = exchanges
+        self.queues = queues
+
+    @property
+    def tasks(self) -> AbstractExchange:
+        return self.exchanges[self.spec.tasks_exchange]
+
+    @property
+    def results(self) -> AbstractExchange:
+        return self.exchanges[self.spec.results_exchange]
+
+    @property
+    def status(self) -> AbstractExchange:
+        return self.exchanges[self.spec.status_exchange]
+
+    @property
+    def dead(self) -> AbstractExchange:
+        return self.exchanges[self.spec.dead_exchange]
+
+    @property
+    def retry(self) -> AbstractExchange:
+        return self.exchanges[self.spec.retry_exchange]
+
+    @property
+    def tasks_queue(self) -> AbstractQueue:
+        return self.queues[self.spec.tasks_queue]
+
+    @property
+    def dead_queue(self) -> AbstractQueue:
+        return self.queues[self.spec.dead_queue]
+
+
+async def declare(connection: AbstractConnection, spec: Topology) -> DeclaredTopology:
+    """Declare every exchange, queue and binding of ``spec`` on a channel of ``connection``.
+
+    Safe to run any number of times. A queue or exchange that exists with different arguments
+    makes RabbitMQ close the channel (PRECONDITION_FAILED); that becomes ``TopologyConflict``
+    naming the object, and the caller's connection stays usable. The channel used stays open
+    (robust channels re-declare what was declared on them after a reconnect).
+    """
+    channel = await connection.channel()
+    exchanges: dict[str, AbstractExchange] = {}
+    queues: dict[str, AbstractQueue] = {}
+    current = ""
+    try:
+        for ex in spec.exchanges:
+            current = f"exchange {ex.name!r}"
+            exchanges[ex.name] = await channel.declare_exchange(ex.name, _KINDS[ex.kind], durable=True)
+        for q in spec.queues:
+            current = f"queue {q.name!r}"
+            queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+            for exchange, key in q.bindings:
+                await queue.bind(exchanges[exchange], routing_key=key)
+            queues[q.name] = queue
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise TopologyConflict(
+            f"{current} already exists with different settings ({exc}). Delete it, or choose another "
+            "topology prefix (DAGGER_ADAPTER_TOPOLOGY_PREFIX)."
+        ) from None
+    return DeclaredTopology(spec, exchanges, queues)
+
+
+async def queue_depths(connection: AbstractConnection, spec: Topology) -> dict[str, int | None]:
+    """Messages ready in each of our queues (passive declare; None where a queue is missing)."""
+    depths: dict[str, int | None] = {}
+    for q in spec.queues:
+        channel: AbstractChannel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(q.name, passive=True)
+            depths[q.name] = queue.declaration_result.message_count
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            depths[q.name] = None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    return depths
