@@ -80,3 +80,7 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+# Set by `dlq replay` on each message it sends back: a stored *failed* outcome of the same task
+# does not block a replayed message whose replay id differs from the one recorded with it.
+REPLAY_ID = "x-replay-id"
