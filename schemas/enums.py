@@ -5,19 +5,19 @@ from __future__ import annotations
 import enum
 
 
-class ExecutionType(str, enum.Enum):
+class ExecutionType(enum.StrEnum):
     CONTAINERIZED_WORKFLOW = "containerized_workflow"
     DAGGER_PIPELINE = "dagger_pipeline"
 
 
-class ErrorCategory(str, enum.Enum):
+class ErrorCategory(enum.StrEnum):
     TRANSIENT = "transient"  # worth retrying: engine/registry unreachable, transport errors
     PERMANENT = "permanent"  # retrying cannot help: a step exited non-zero, unknown workflow
     INVALID = "invalid"  # the message itself is wrong: not JSON, wrong types, bad parameters
     TIMEOUT = "timeout"  # the execution ran past its deadline
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     RECEIVED = "received"
     RUNNING = "running"
     HEARTBEAT = "heartbeat"
@@ -27,7 +27,7 @@ class TaskState(str, enum.Enum):
     DEAD_LETTERED = "dead_lettered"
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """The last segment of a result's routing key."""
 
     SUCCEEDED = "succeeded"

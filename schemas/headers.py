@@ -67,7 +67,11 @@ class DeadLetterHeaders(msgspec.Struct, kw_only=True):
         return cls(
             error_category=ErrorCategory.PERMANENT,
             error=f"dead-lettered by RabbitMQ: {reason}"
-            + (" (the message was delivered too many times; workers died or crashed on it)" if reason == DELIVERY_LIMIT else ""),
+            + (
+                " (the message was delivered too many times; workers died or crashed on it)"
+                if reason == DELIVERY_LIMIT
+                else ""
+            ),
             attempts=int(headers.get("x-delivery-count") or death.get("count") or 0),
             task_id=_text(headers.get(TASK_ID)),
             dead_lettered_at=when if isinstance(when, datetime) else None,
@@ -80,6 +84,7 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
 
 # Set by `dlq replay` on each message it sends back: a stored *failed* outcome of the same task
 # does not block a replayed message whose replay id differs from the one recorded with it.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -21,6 +22,14 @@ import pytest
 from topology import Topology
 
 pytest_plugins = ["tests.dagger_engine.fixtures"]
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _docker_available() -> bool:
@@ -40,6 +49,9 @@ def amqp_url() -> Iterator[str]:
     url = os.environ.get("DAGGER_ADAPTER_AMQP_URL")
     if url:
         yield url
+        return
+    if _reachable("127.0.0.1", 5672):  # a local broker with the default guest account
+        yield "amqp://guest:guest@127.0.0.1:5672/"
         return
     if not _docker_available():
         pytest.skip("RabbitMQ: set DAGGER_ADAPTER_AMQP_URL, or run where Docker works for testcontainers")

@@ -35,9 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_first(argv: Sequence[str]) -> list[str]:
+    """Accept ``--config FILE`` anywhere on the line (``dagger-adapter worker --config x.toml``)."""
+    rest: list[str] = []
+    front: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item == "--config":
+            front += [item, next(items, "")]
+        elif item.startswith("--config="):
+            front.append(item)
+        else:
+            rest.append(item)
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on usage errors
+    args = parser.parse_args(_config_first(sys.argv[1:] if argv is None else argv))  # exits 2 on usage errors
     try:
         return int(args.handler(args) or 0)
     except CliError as exc:
