@@ -157,3 +157,9 @@ def test_config_is_a_struct_with_every_field_of_the_original_design() -> None:
         "topology_prefix",
         "allowed_volume_roots",
     }
+
+
+def test_the_readme_documents_every_configuration_field() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [f for f in DaggerAdapterConfig.__struct_fields__ if f"| `{f}` |" not in readme]
+    assert missing == [], f"README's configuration table lacks {missing}"
