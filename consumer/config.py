@@ -67,6 +67,8 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     # How long a running task's lease in Valkey lives without renewal (another worker may take it over).
     lease_seconds: PositiveFloat = 30.0
     log_level: str = "INFO"
+    # RabbitMQ's consumer_timeout (not readable over AMQP): the worker warns when timeout_seconds exceeds it.
+    broker_consumer_timeout_seconds: PositiveFloat = 1800.0
 
     def __post_init__(self) -> None:
         if not self.worker_id.strip():
