@@ -4,7 +4,12 @@ the field, and nothing secret leaks through a repr."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -222,3 +227,35 @@ def test_json_schema_is_generated_for_every_message() -> None:
     definition = command["$defs"]["ExecutionCommand"]
     assert definition["required"] == ["task_id", "execution_type"]
     assert definition["properties"]["task_id"]["minLength"] == 1
+
+
+def test_schema_export_writes_json_schema_and_asyncapi(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "consumer.cli", "schema", "export", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "DAGGER_ADAPTER_TOPOLOGY_PREFIX": "acme"},
+    )
+    assert out.returncode == 0, out.stderr
+    command_schema = json.loads((tmp_path / "ExecutionCommand.schema.json").read_text())
+    assert command_schema["$defs"]["ExecutionCommand"]["properties"]["execution_type"]["$ref"].endswith("ExecutionType")
+    for name in ("ExecutionResult", "StatusEvent", "WorkerHeartbeat", "WorkflowParameters", "PipelineParameters"):
+        assert (tmp_path / f"{name}.schema.json").is_file()
+    doc = json.loads((tmp_path / "asyncapi.json").read_text())
+    assert doc["asyncapi"].startswith("3.")
+    tasks = doc["channels"]["tasks"]
+    assert tasks["bindings"]["amqp"]["exchange"] == {"name": "acme.tasks", "type": "topic", "durable": True}
+    assert doc["channels"]["results"]["address"] == "{execution_type}.{outcome}"
+    # Every $ref in the document points at something the document defines.
+    refs = re.findall(r'"\$ref": "#/([^"]+)"', json.dumps(doc))
+    for ref in refs:
+        node = doc
+        for part in ref.split("/"):
+            node = node[part]
+    assert set(doc["components"]["schemas"]) >= {
+        "ExecutionCommand",
+        "ExecutionResult",
+        "StatusEvent",
+        "WorkerHeartbeat",
+    }
