@@ -1,0 +1,231 @@
+"""``ExecutionClient``: what platform code uses to publish commands and hear back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+
+from consumer.client.publishing import (
+    command_message,
+    confirm_channel,
+    new_message_id,
+    publish_confirmed,
+    require_exchange,
+)
+from consumer.client.replies import ReplyRouter
+from consumer.client.subscriptions import (
+    Subscription,
+    decode_result,
+    result_routing_keys,
+    status_decoder,
+    status_routing_keys,
+)
+from schemas import (
+    ExecutionCommand,
+    ExecutionResult,
+    ExecutionType,
+    Outcome,
+    StatusEvent,
+    TaskState,
+    WorkerHeartbeat,
+    parse_parameters,
+    utcnow,
+)
+from topology import Topology
+
+E = TypeVar("E")
+
+
+class ExecutionClient:
+    """Submit commands, wait for their results, watch results and status.
+
+    Use ``client = await ExecutionClient.connect(url, topology)`` (then ``await client.close()``),
+    or ``async with ExecutionClient.connect(url, topology) as client:``. On an existing
+    connection: ``ExecutionClient(connection, topology)`` (then ``await client.start()``); the
+    connection stays the caller's.
+
+    Everything goes over one connection: one confirm channel for publishing, one reply queue
+    for every ``submit_and_wait`` in flight, one private queue per ``results``/``status`` stream.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractConnection,
+        topology: Topology | None = None,
+        *,
+        publish_timeout: float | None = 30.0,
+        owns_connection: bool = False,
+    ) -> None:
+        self.connection = connection
+        self.topology = topology or Topology()
+        self.publish_timeout = publish_timeout
+        self._owns_connection = owns_connection
+        self._replies = ReplyRouter(connection)
+        self._subscriptions: set[Subscription[Any]] = set()
+        self._channel: AbstractChannel | None = None
+        self._tasks: AbstractExchange | None = None
+        self._start_lock = asyncio.Lock()
+
+    @classmethod
+    def connect(cls, amqp_url: str, topology: Topology | None = None, *, timeout: float = 10.0) -> _Connecting:
+        """Open a robust connection and a client on it; await it, or use it with ``async with``."""
+        return _Connecting(cls, amqp_url, topology, timeout)
+
+    async def start(self) -> ExecutionClient:
+        """Check the topology exists and open the publishing channel."""
+        async with self._start_lock:
+            if self._tasks is None:
+                await require_exchange(self.connection, self.topology.tasks_exchange)
+                self._channel = await confirm_channel(self.connection)
+                self._tasks = await self._channel.get_exchange(self.topology.tasks_exchange, ensure=False)
+        return self
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        await self._replies.close()
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        self._channel = self._tasks = None
+        if self._owns_connection and not self.connection.is_closed:
+            await self.connection.close()
+
+    async def __aenter__(self) -> ExecutionClient:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- publishing ---
+    async def submit(self, command: ExecutionCommand) -> str:
+        """Publish ``command`` to the tasks exchange; return its task id once RabbitMQ has it.
+
+        Raises ``InvalidMessage`` for bad parameters (before anything is sent), ``PublishFailed``
+        when RabbitMQ cannot route or refuses the message, ``TopologyMissing`` without a topology.
+        """
+        await self._publish(command)
+        return command.task_id
+
+    async def submit_and_wait(self, command: ExecutionCommand, timeout: float) -> ExecutionResult:
+        """Submit ``command`` and wait up to ``timeout`` seconds for its result.
+
+        The command carries this client's reply queue in ``reply_to`` and a correlation id
+        (``command.correlation_id`` or a fresh one) in the body and the AMQP properties.
+        Raises ``TimeoutError`` when no result came in time (the task may still run).
+        """
+        correlation_id = command.correlation_id or new_message_id()
+        reply_to = await self._replies.queue_name()
+        command = msgspec.structs.replace(command, reply_to=reply_to, correlation_id=correlation_id)
+        waiting = self._replies.expect(correlation_id)  # before publishing: a reply can be quick
+        try:
+            async with asyncio.timeout(timeout):
+                await self._publish(command)
+                return await waiting
+        finally:
+            self._replies.forget(correlation_id)
+
+    @property
+    def waiting(self) -> int:
+        """How many ``submit_and_wait`` calls are waiting for their result."""
+        return len(self._replies)
+
+    async def _publish(self, command: ExecutionCommand) -> None:
+        parse_parameters(command.execution_type, command.parameters)  # raises InvalidMessage
+        if command.submitted_at is None:
+            command = msgspec.structs.replace(command, submitted_at=utcnow())
+        if self._tasks is None:
+            await self.start()
+        assert self._tasks is not None
+        await publish_confirmed(
+            self._tasks,
+            command_message(command),
+            self.topology.task_routing_key(command.execution_type.value),
+            task_id=command.task_id,
+            timeout=self.publish_timeout,
+        )
+
+    # --- watching ---
+    def results(
+        self,
+        execution_type: ExecutionType | str | None = None,
+        outcome: Outcome | str | None = None,
+        task_id: str | None = None,
+    ) -> Subscription[ExecutionResult]:
+        """Result events published from now on. Type and outcome are filtered by RabbitMQ
+        (routing keys), ``task_id`` here."""
+        keys = result_routing_keys(self.topology, _value(execution_type), _value(outcome))
+        return self._track(
+            Subscription(
+                self.connection,
+                self.topology.results_exchange,
+                keys,
+                decode_result,
+                (lambda r: r.task_id == task_id) if task_id is not None else (lambda _r: True),
+            )
+        )
+
+    def status(
+        self,
+        *,
+        task_id: str | None = None,
+        states: Sequence[TaskState | str] | None = None,
+        tasks: bool = True,
+        heartbeats: bool = True,
+    ) -> Subscription[StatusEvent | WorkerHeartbeat]:
+        """Task status events (``StatusEvent``) and worker heartbeats (``WorkerHeartbeat``)
+        published from now on. ``task_id`` filters task events; heartbeats pass it."""
+        keys = status_routing_keys(self.topology, [str(_value(s)) for s in states or ()], tasks, heartbeats)
+
+        def accept(event: StatusEvent | WorkerHeartbeat) -> bool:
+            return task_id is None or isinstance(event, WorkerHeartbeat) or event.task_id == task_id
+
+        return self._track(
+            Subscription(self.connection, self.topology.status_exchange, keys, status_decoder(self.topology), accept)
+        )
+
+    def _track(self, subscription: Subscription[E]) -> Subscription[E]:
+        self._subscriptions.add(subscription)
+        subscription.on_close = self._subscriptions.discard
+        return subscription
+
+
+def _value(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
+
+
+class _Connecting:
+    """``await`` it for a started client, or ``async with`` it for one closed on exit."""
+
+    def __init__(self, cls: type[ExecutionClient], url: str, topology: Topology | None, timeout: float) -> None:
+        self._cls, self._url, self._topology, self._timeout = cls, url, topology, timeout
+        self._client: ExecutionClient | None = None
+
+    async def _open(self) -> ExecutionClient:
+        connection = await aio_pika.connect_robust(self._url, timeout=self._timeout, fail_fast=True)
+        client = self._cls(connection, self._topology, owns_connection=True)
+        try:
+            return await client.start()
+        except BaseException:
+            await client.close()
+            raise
+
+    def __await__(self) -> Generator[Any, None, ExecutionClient]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> ExecutionClient:
+        self._client = await self._open()
+        return self._client
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._client is not None:
+            await self._client.close()

@@ -1,0 +1,170 @@
+"""Helpers shared by the client and CLI tests (no tests here): commands, dead letters put in
+the dead-letter queue the way the worker and RabbitMQ do it, and a minimal responder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from schemas import (
+    DeadLetterHeaders,
+    ErrorCategory,
+    ExecutionCommand,
+    ExecutionResult,
+    ExecutionType,
+    decode,
+    encode,
+    utcnow,
+)
+from topology import DeclaredTopology, Topology, declare
+
+WAIT = 15.0  # deadline of every wait on a condition
+
+
+def command(task_id: str | None = None, **overrides: Any) -> ExecutionCommand:
+    fields: dict[str, Any] = {
+        "task_id": task_id or f"task-{uuid.uuid4().hex[:8]}",
+        "execution_type": ExecutionType.CONTAINERIZED_WORKFLOW,
+        "parameters": {"container_image": "alpine:3.20", "command": ["echo", "hello"]},
+    }
+    fields.update(overrides)
+    return ExecutionCommand(**fields)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = WAIT, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def depth(connection: AbstractRobustConnection, queue: str) -> int:
+    channel = await connection.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def put_dead_letter(
+    declared: DeclaredTopology,
+    cmd: ExecutionCommand,
+    *,
+    category: ErrorCategory | str = ErrorCategory.PERMANENT,
+    error: str = "step 'build' exited with 1",
+    attempts: int = 1,
+    message_id: str | None = None,
+) -> str:
+    """Dead-letter ``cmd`` the way the worker does; return its message id."""
+    message_id = message_id or uuid.uuid4().hex
+    headers = DeadLetterHeaders(
+        error_category=category,
+        error=error,
+        attempts=attempts,
+        task_id=cmd.task_id,
+        dead_lettered_at=utcnow(),
+        worker_id="worker-test",
+    ).to_headers()
+    await declared.dead.publish(
+        aio_pika.Message(
+            encode(cmd),
+            message_id=message_id,
+            headers=headers,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        routing_key=cmd.execution_type.value,
+    )
+    return message_id
+
+
+async def put_delivery_limit_dead_letter(
+    connection: AbstractRobustConnection, declared: DeclaredTopology, spec: Topology, cmd: ExecutionCommand
+) -> str:
+    """Make RabbitMQ itself dead-letter ``cmd``: publish it to the tasks queue and reject it
+    (requeue) until the quorum queue's delivery limit sends it to the dead queue."""
+    message_id = uuid.uuid4().hex
+    before = await depth(connection, spec.dead_queue)
+    await declared.tasks.publish(
+        aio_pika.Message(encode(cmd), message_id=message_id, content_type="application/json"),
+        routing_key=cmd.execution_type.value,
+    )
+    channel = await connection.channel()
+    try:
+        queue = await channel.get_queue(spec.tasks_queue, ensure=False)
+
+        async def reject_once() -> bool:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is not None:
+                await message.nack(requeue=True)
+            return await depth(connection, spec.dead_queue) > before
+
+        await eventually(reject_once, what="RabbitMQ to dead-letter the message (delivery limit)")
+    finally:
+        await channel.close()
+    return message_id
+
+
+class Responder:
+    """A stand-in for workers that answers every command on the tasks queue per the reply
+    contract (result to ``reply_to`` on the default exchange, AMQP ``correlation_id`` =
+    command.correlation_id or task_id). It tests the client, not the worker."""
+
+    def __init__(self, connection: AbstractRobustConnection, spec: Topology, succeed: bool = True) -> None:
+        self.connection = connection
+        self.spec = spec
+        self.succeed = succeed
+        self.seen: list[AbstractIncomingMessage] = []
+
+    async def __aenter__(self) -> Responder:
+        self.channel = await self.connection.channel()
+        await self.channel.set_qos(prefetch_count=200)
+        queue = await self.channel.get_queue(self.spec.tasks_queue, ensure=False)
+        self.tag = await queue.consume(self._answer)
+        self.queue = queue
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+    async def _answer(self, message: AbstractIncomingMessage) -> None:
+        self.seen.append(message)
+        cmd = decode(message.body, ExecutionCommand)
+        result = ExecutionResult(
+            task_id=cmd.task_id,
+            success=self.succeed,
+            result={"echo": cmd.task_id} if self.succeed else None,
+            error=None if self.succeed else "step exited with 1",
+            error_category=None if self.succeed else ErrorCategory.PERMANENT,
+            execution_type=cmd.execution_type,
+            worker_id="responder",
+        )
+        if cmd.reply_to:
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(
+                    encode(result),
+                    correlation_id=cmd.correlation_id or cmd.task_id,
+                    content_type="application/json",
+                ),
+                routing_key=cmd.reply_to,
+            )
+        await message.ack()
+
+
+@pytest.fixture
+async def declared(amqp: AbstractRobustConnection, topology_spec: Topology) -> DeclaredTopology:
+    """This test's topology, declared."""
+    return await declare(amqp, topology_spec)
