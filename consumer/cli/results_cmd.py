@@ -1,16 +1,94 @@
-"""`dagger-adapter results`."""
+"""``dagger-adapter results``: result events as they are published."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import time
 
-from consumer.cli.common import die
+from consumer.cli.arg_types import positive_int, positive_seconds
+from consumer.cli.broker_session import client_for, run_async
+from consumer.cli.common import EXIT_OK, EXIT_TIMEOUT, CliError, config_from
+from consumer.cli.console import notice, print_json, seconds_text, stdout_console
+from schemas import ExecutionResult, ExecutionType, Outcome
+
+DEFAULT_LISTEN_SECONDS = 10.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("results", help="(not yet implemented)")
+    parser = sub.add_parser(
+        "results",
+        help="show result events as workers publish them",
+        description=(
+            "Show result events published from now on (the results exchange is pub/sub: past results "
+            "are not replayed). Without --follow, listens for --for seconds (default "
+            f"{DEFAULT_LISTEN_SECONDS:g}) and exits 0; with --follow, until Ctrl-C. --count N stops after N "
+            "events; if --for runs out first, the exit code is 124. A line on stderr says when listening starts."
+        ),
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("-f", "--follow", action="store_true", help="keep streaming until Ctrl-C (or --count)")
+    mode.add_argument(
+        "--for",
+        dest="listen",
+        type=positive_seconds,
+        default=DEFAULT_LISTEN_SECONDS,
+        metavar="S",
+        help=f"listen for S seconds (default {DEFAULT_LISTEN_SECONDS:g})",
+    )
+    parser.add_argument("-n", "--count", type=positive_int, metavar="N", help="stop after N events")
+    parser.add_argument("--type", dest="execution_type", choices=[t.value for t in ExecutionType])
+    parser.add_argument("--outcome", choices=[o.value for o in Outcome])
+    parser.add_argument("--task-id", help="only this task's results")
+    parser.add_argument("--json", action="store_true", help="one JSON result per line")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    die("'results' is not implemented yet")
+    config = config_from(args)
+
+    async def go() -> int:
+        async with client_for(config) as client:
+            events = client.results(execution_type=args.execution_type, outcome=args.outcome, task_id=args.task_id)
+            async with events:
+                until = "Ctrl-C" if args.follow else f"{args.listen:g} s"
+                notice(f"listening for results on {events.exchange} [{', '.join(events.routing_keys)}] ({until})")
+                deadline = None if args.follow else time.monotonic() + args.listen
+                seen = 0
+                while args.count is None or seen < args.count:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    try:
+                        result = await asyncio.wait_for(anext(events), left)
+                    except TimeoutError:
+                        break
+                    seen += 1
+                    show(result, args.json)
+                if args.count is not None and seen < args.count:
+                    raise CliError(f"{seen} of {args.count} result(s) within {args.listen:g} s", EXIT_TIMEOUT)
+                return EXIT_OK
+
+    try:
+        return run_async(go)
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C is how --follow ends
+
+
+def show(result: ExecutionResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+        return
+    at = result.finished_at or result.started_at
+    when = at.strftime("%H:%M:%S") if at else "--:--:--"
+    kind = result.execution_type.value if result.execution_type else "?"
+    mark = "[green]✔ succeeded[/]" if result.success else "[red]✘ failed[/]"
+    line = f"{when}  {mark}  [bold]{result.task_id}[/]  {kind}  attempt {result.attempts}  {seconds_text(result.duration_ms)}"
+    if result.cached:
+        line += "  (cached)"
+    if result.worker_id:
+        line += f"  {result.worker_id}"
+    if not result.success:
+        category = result.error_category.value if result.error_category else ""
+        line += f"  {category}: {result.error or ''}"
+    stdout_console().print(line, soft_wrap=True)

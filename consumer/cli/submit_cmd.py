@@ -1,16 +1,147 @@
-"""`dagger-adapter submit`."""
+"""``dagger-adapter submit FILE|-``: publish one command; with ``--wait``, wait for its result."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
 
-from consumer.cli.common import die
+from rich.status import Status
+
+from consumer.cli.arg_types import positive_seconds
+from consumer.cli.broker_session import client_for, run_async
+from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, config_from
+from consumer.cli.console import notice, print_json, seconds_text, stderr_console, stdout_console
+from consumer.client import ExecutionClient
+from consumer.client.command_file import CommandFileError, read_command
+from schemas import ExecutionCommand, ExecutionResult, ExecutionType, StatusEvent
+
+DEFAULT_WAIT_SECONDS = 600.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("submit", help="(not yet implemented)")
+    parser = sub.add_parser(
+        "submit",
+        help="publish an execution command (JSON or YAML)",
+        description=(
+            "Publish one execution command to the tasks exchange (publisher confirms; an unroutable "
+            "command is an error). Without --wait, prints the task id. With --wait, waits for the result "
+            "and exits 0 if it succeeded, 1 if it failed, 124 if none came within --timeout; "
+            "2 means the file or the arguments are wrong."
+        ),
+    )
+    parser.add_argument("file", metavar="FILE", help="the command as JSON or YAML; - reads stdin")
+    parser.add_argument("--task-id", help="set the task id (a document without one gets a fresh id)")
+    parser.add_argument("--type", dest="execution_type", choices=[t.value for t in ExecutionType], help="set the type")
+    parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_WAIT_SECONDS,
+        metavar="S",
+        help=f"with --wait: give up after S seconds (exit 124; the task may still run). Default {DEFAULT_WAIT_SECONDS:g}",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    die("'submit' is not implemented yet")
+    config = config_from(args)
+    try:
+        command = read_command(args.file, task_id=args.task_id, execution_type=args.execution_type)
+    except CommandFileError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+    async def go() -> int:
+        async with client_for(config) as client:
+            if not args.wait:
+                await client.submit(command)
+                if args.json:
+                    print_json({"task_id": command.task_id, "execution_type": command.execution_type.value})
+                else:
+                    stdout_console().print(
+                        f"submitted task [bold]{command.task_id}[/] ({command.execution_type.value})"
+                    )
+                return EXIT_OK
+            return await submit_and_show(client, command, args.timeout, args.json)
+
+    return run_async(go)
+
+
+async def submit_and_show(client: ExecutionClient, command: ExecutionCommand, timeout: float, as_json: bool) -> int:
+    progress = Progress(command.task_id)
+    async with client.status(task_id=command.task_id, heartbeats=False) as events:
+        watcher = asyncio.create_task(progress.follow(events))
+        try:
+            with progress:
+                result = await client.submit_and_wait(command, timeout)
+        except TimeoutError:
+            raise CliError(
+                f"no result for task {command.task_id} within {timeout:g} s (it may still run; "
+                f"watch it with `dagger-adapter results --follow --task-id {command.task_id}`)",
+                EXIT_TIMEOUT,
+            ) from None
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    show_result(result, as_json)
+    return EXIT_OK if result.success else EXIT_FAILURE
+
+
+class Progress:
+    """A spinner with the task's latest state on a terminal; plain state lines otherwise."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.console = stderr_console()
+        self.started = time.monotonic()
+        self.state = "submitted"
+        self.spinner: Status | None = None
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self.spinner = self.console.status(self._text())
+            self.spinner.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+
+    def _text(self) -> str:
+        return f"task {self.task_id}: {self.state} ({time.monotonic() - self.started:.0f} s)"
+
+    async def follow(self, events: Any) -> None:
+        async for event in events:
+            if not isinstance(event, StatusEvent):
+                continue
+            self.state = event.state.value + (f" (attempt {event.attempt})" if event.attempt > 1 else "")
+            if event.detail:
+                self.state += f": {event.detail}"
+            if self.spinner is not None:
+                self.spinner.update(self._text())
+            else:
+                notice(self._text())
+
+
+def show_result(result: ExecutionResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+        return
+    console = stdout_console()
+    where = f"attempt {result.attempts}" + (f", worker {result.worker_id}" if result.worker_id else "")
+    if result.cached:
+        where += ", from cache"
+    if result.success:
+        console.print(
+            f"[green]✔[/] task [bold]{result.task_id}[/] succeeded in {seconds_text(result.duration_ms)} ({where})"
+        )
+    else:
+        category = result.error_category.value if result.error_category else "failed"
+        console.print(f"[red]✘[/] task [bold]{result.task_id}[/] failed ({category}, {where}): {result.error or ''}")
+    if result.result is not None:
+        console.print_json(json.dumps(result.result, default=str))

@@ -1,0 +1,50 @@
+"""Running a verb that talks to RabbitMQ: its connection, its client, and every error as one
+line on stderr with the right exit code (used by submit, results, status and dlq)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import aiormq
+
+from consumer.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError
+from consumer.cli.connect import connect
+from consumer.client import ClientError, ExecutionClient
+from consumer.client.command_file import CommandFileError
+from consumer.config import DaggerAdapterConfig, topology_for
+from schemas import InvalidMessage
+
+
+def quiet_amqp_logs() -> None:
+    """aio-pika logs connection failures itself; the CLI reports them as one line instead."""
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """``asyncio.run(main())`` with the client's and the broker's errors turned into ``CliError``."""
+    try:
+        return asyncio.run(main())
+    except (CommandFileError, InvalidMessage) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ClientError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        raise CliError(f"lost the connection to RabbitMQ: {exc or type(exc).__name__}") from None
+
+
+@contextlib.asynccontextmanager
+async def client_for(config: DaggerAdapterConfig) -> AsyncIterator[ExecutionClient]:
+    """A started ``ExecutionClient`` on a fresh connection (closed on exit)."""
+    quiet_amqp_logs()
+    async with connect(config.amqp_url) as connection:
+        client = ExecutionClient(connection, topology_for(config))
+        try:
+            await client.start()
+            yield client
+        finally:
+            await client.close()

@@ -1,0 +1,53 @@
+"""Output of the operator verbs: rich for people, JSON for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from rich.console import Console
+
+# Off a terminal (pipes, CI logs, tests) rich would assume 80 columns and cut ids short.
+_WIDE = 200
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False, width=None if sys.stdout.isatty() else _WIDE)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _WIDE)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on one line (JSON Lines when called repeatedly)."""
+    if isinstance(value, msgspec.Struct):
+        text = msgspec.json.encode(value).decode()
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    print(text, flush=True)
+
+
+def notice(message: str) -> None:
+    """A line for the person watching (stderr: stdout stays clean for the data)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def ago(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return "-"
+    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
+    if seconds < 1:
+        return "just now"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def seconds_text(ms: int) -> str:
+    return f"{ms / 1000:.1f} s" if ms >= 100 else f"{ms} ms"
