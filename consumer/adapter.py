@@ -1,0 +1,369 @@
+"""``DaggerAdapter``: one ``ExecutionCommand`` in, one ``ExecutionResult`` out.
+
+An execution goes: parameters validated -> plan (workflow loaded, paths checked) -> cache
+lookup -> attempts (each: a concurrency slot, a deadline, the circuit breaker, the engine
+connection) with in-process retries of transient failures -> result (cached on success).
+Failures never raise: they come back as ``success=False`` with an ``error_category``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import msgspec
+
+from consumer.breaker import EngineCircuitBreaker
+from consumer.cache import CacheManager, cache_key, directory_digest, file_digest
+from consumer.config import DaggerAdapterConfig
+from consumer.engine import DaggerEngine
+from consumer.errors import ExecutionFailure, classify
+from consumer.execution import Plan, plan_for
+from consumer.execution.context import ProgressCallback, Redactor, RunContext, registry_logins
+from consumer.interface import AgentAdapter, AgentCapability, AgentStatus
+from consumer.paths import PathRules
+from consumer.retry import RetryHandler, RetryPolicy
+from schemas import (
+    ErrorCategory,
+    ExecutionCommand,
+    ExecutionParameters,
+    ExecutionResult,
+    ExecutionType,
+    InvalidMessage,
+    parse_parameters,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dagger-adapter")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class DaggerAdapter(AgentAdapter):
+    def __init__(self, config: DaggerAdapterConfig | None = None) -> None:
+        self.config = config or DaggerAdapterConfig()
+        cfg = self.config
+        self.retry_policy = RetryPolicy(
+            max_retries=cfg.max_retries, backoff_factor=cfg.retry_backoff_factor, jitter=cfg.retry_jitter
+        )
+        self._retry = RetryHandler(self.retry_policy)
+        self._breaker = EngineCircuitBreaker(cfg.breaker_failure_threshold, cfg.breaker_reset_seconds)
+        self._engine = DaggerEngine(
+            connect_timeout=cfg.engine_connect_timeout_seconds, execute_timeout=cfg.timeout_seconds
+        )
+        self._cache = CacheManager(
+            url=cfg.valkey_url,
+            data_directory=cfg.cache_directory,
+            ttl_seconds=cfg.cache_ttl_seconds,
+            enabled=cfg.caching_enabled,
+        )
+        self._rules = PathRules(volume_roots=cfg.allowed_volume_roots, workflow_directory=cfg.workflow_directory)
+        self._slots = asyncio.Semaphore(cfg.max_concurrent_executions)
+        self._load = 0
+        self._initialized = False
+        self._closed = False
+        self._init_lock = asyncio.Lock()
+        self.version = _version()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Start the cache (the embedded Valkey when no ``valkey_url``) and connect to the
+        engine. An unreachable engine is not fatal: executions reconnect (and fail as
+        transient until it is back)."""
+        async with self._init_lock:
+            if self._initialized:
+                return
+            await self._cache.start()
+            try:
+                await self._engine.connect()
+            except Exception as exc:
+                log.warning(
+                    "Dagger engine not reachable at start-up (%s); will retry per execution", classify(exc).message
+                )
+            self._initialized = True
+            self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._engine.close()
+        await self._cache.close()
+        self._initialized = False
+
+    # --- what the worker and the CLI read ------------------------------------------
+
+    @property
+    def current_load(self) -> int:
+        return self._load
+
+    @property
+    def circuit_state(self) -> str:
+        return self._breaker.state
+
+    @property
+    def valkey_url(self) -> str | None:
+        """The Valkey actually in use (the embedded one included), after ``initialize``."""
+        return self._cache.url
+
+    def add_circuit_listener(self, callback: Callable[[str], None]) -> None:
+        self._breaker.add_listener(callback)
+
+    def get_status(self) -> AgentStatus:
+        circuit = self._breaker.state
+        return AgentStatus(
+            ready=self._initialized and not self._closed and circuit != "open",
+            current_load=self._load,
+            capacity=self.config.max_concurrent_executions,
+            circuit=circuit,
+            engine_connected=self._engine.connected,
+            cache_available=self._cache.available,
+            version=self.version,
+        )
+
+    def get_capabilities(self) -> list[AgentCapability]:
+        return [
+            AgentCapability(
+                execution_type=ExecutionType.CONTAINERIZED_WORKFLOW,
+                description="Named steps in containers: a workflow file from the workflow directory, an "
+                "inline workflow, or a single command; inputs, environment, volumes, outputs.",
+                features=("workflow_file", "inline_workflow", "single_command", "volumes", "outputs", "secrets"),
+            ),
+            AgentCapability(
+                execution_type=ExecutionType.DAGGER_PIPELINE,
+                description="A chain of Dagger container operations given as data, or a Dagger module function call.",
+                features=("container_chain", "module_function", "host_directories", "cache_volumes", "secrets"),
+            ),
+        ]
+
+    async def probe(self) -> bool:
+        """A cheap engine round trip through the circuit breaker (closes a half-open one)."""
+        try:
+            await self._breaker.call(self._ping)
+            return True
+        except ExecutionFailure:
+            return False
+
+    async def _ping(self) -> None:
+        async with asyncio.timeout(self.config.engine_connect_timeout_seconds), self._engine.session() as session:
+            try:
+                await session.client.version()
+            except Exception as exc:
+                if classify(exc).category is ErrorCategory.TRANSIENT:
+                    session.discard()
+                raise
+
+    # --- execution -------------------------------------------------------------------
+
+    async def execute(
+        self,
+        command: ExecutionCommand,
+        *,
+        attempt: int = 1,
+        in_process_retries: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> ExecutionResult:
+        """Run one command. ``attempt`` is the number of this attempt (the worker counts
+        redeliveries); with ``in_process_retries=False`` exactly one attempt is made."""
+        if not self._initialized:
+            await self.initialize()
+        self._load += 1
+        try:
+            return await self._execute(command, attempt, in_process_retries, on_progress)
+        finally:
+            self._load -= 1
+
+    async def _execute(
+        self,
+        command: ExecutionCommand,
+        attempt: int,
+        in_process_retries: bool,
+        on_progress: ProgressCallback | None,
+    ) -> ExecutionResult:
+        clock = _Clock()
+        try:
+            execution_type = ExecutionType(command.execution_type)
+            params = parse_parameters(execution_type, command.parameters)
+        except (InvalidMessage, ValueError) as exc:
+            failure = classify(exc if isinstance(exc, InvalidMessage) else InvalidMessage(str(exc)))
+            return self._failed(command, None, failure, attempt, clock)
+
+        redact = Redactor(_secret_values(params, self.config))
+        try:
+            plan = await asyncio.to_thread(plan_for, params, self._rules)
+        except Exception as exc:
+            return self._failed(command, execution_type, classify(exc), attempt, clock, redact)
+
+        key = await self._cache_key(execution_type, params, plan)
+        if key is not None:
+            hit = await self._cache.get(key)
+            if hit is not None:
+                log.info("task %s: cache hit", command.task_id)
+                return msgspec.structs.replace(
+                    hit,
+                    task_id=command.task_id,
+                    cached=True,
+                    attempts=attempt,
+                    worker_id=self.config.worker_id,
+                    execution_type=execution_type,
+                    **clock.stamps(),
+                )
+
+        timeout = self._timeout_for(command)
+        partial: dict[str, Any] = {}
+
+        async def one_attempt(number: int) -> dict[str, Any]:
+            partial.clear()
+            async with self._slots:
+                try:
+                    async with asyncio.timeout(timeout):
+                        return await self._breaker.call(
+                            self._run_attempt, command, params, plan, redact, partial, on_progress
+                        )
+                except TimeoutError:
+                    raise ExecutionFailure(
+                        ErrorCategory.TIMEOUT,
+                        f"the execution ran past its timeout of {timeout:g}s",
+                        partial=dict(partial),
+                    ) from None
+
+        try:
+            value, attempts = await self._retry.run(
+                one_attempt,
+                first_attempt=attempt,
+                enabled=in_process_retries and params.enable_retry,
+            )
+        except ExecutionFailure as failure:
+            return self._failed(command, execution_type, failure, failure.attempts, clock, redact)
+
+        result = ExecutionResult(
+            task_id=command.task_id,
+            success=True,
+            result=value,
+            attempts=attempts,
+            worker_id=self.config.worker_id,
+            execution_type=execution_type,
+            **clock.stamps(),
+        )
+        log.info("task %s: succeeded in %d ms (attempt %d)", command.task_id, result.duration_ms, attempts)
+        if key is not None:
+            await self._cache.put(key, result)
+        return result
+
+    async def _run_attempt(
+        self,
+        command: ExecutionCommand,
+        params: ExecutionParameters,
+        plan: Plan,
+        redact: Redactor,
+        partial: dict[str, Any],
+        on_progress: ProgressCallback | None,
+    ) -> dict[str, Any]:
+        async with self._engine.session() as session:
+            ctx = RunContext(
+                session=session,
+                rules=self._rules,
+                task_id=command.task_id,
+                registry=self.config.container_registry,
+                secrets=params.secrets,
+                logins=registry_logins(
+                    self.config.container_registry, params.registry_auth, self.config.container_credentials
+                ),
+                redact=redact,
+                on_progress=on_progress,
+            )
+            try:
+                await plan.run(ctx, partial)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure.category is ErrorCategory.TRANSIENT:
+                    session.discard()  # a broken connection is not reused
+                raise ExecutionFailure(
+                    failure.category, failure.message, partial=dict(partial), circuit_open=failure.circuit_open
+                ) from exc
+            return dict(partial)
+
+    def _timeout_for(self, command: ExecutionCommand) -> float:
+        # The worker's timeout_seconds is also the SDK's execute timeout on the shared
+        # connection, so it is the ceiling: a command may ask for less, not more.
+        limit = self.config.timeout_seconds
+        return min(command.timeout_seconds, limit) if command.timeout_seconds else limit
+
+    async def _cache_key(self, execution_type: ExecutionType, params: ExecutionParameters, plan: Plan) -> str | None:
+        if not (params.cache and self._cache.in_use):
+            return None
+
+        def compute() -> str:
+            return cache_key(
+                execution_type,
+                params,
+                container_registry=self.config.container_registry,
+                workflow_source=plan.workflow_source,
+                input_digests={str(p): directory_digest(p) if p.is_dir() else file_digest(p) for p in plan.host_inputs},
+                secrets=params.secrets,
+                credentials=(params.registry_auth, self.config.container_credentials),
+            )
+
+        try:
+            return await asyncio.to_thread(compute)
+        except OSError as exc:  # an input vanished meanwhile: run uncached, the run will say why
+            log.warning("could not compute the cache key (%s); running uncached", type(exc).__name__)
+            return None
+
+    def _failed(
+        self,
+        command: ExecutionCommand,
+        execution_type: ExecutionType | None,
+        failure: ExecutionFailure,
+        attempts: int,
+        clock: _Clock,
+        redact: Redactor | None = None,
+    ) -> ExecutionResult:
+        redact = redact or Redactor(())
+        detail: Any = redact.scrub(failure.partial) if failure.partial else None
+        if failure.circuit_open:
+            detail = {**(detail or {}), "circuit": "open"}
+        message = redact(failure.message)
+        log.warning(
+            "task %s: failed (%s) after %d attempt(s): %s", command.task_id, failure.category.value, attempts, message
+        )
+        return ExecutionResult(
+            task_id=command.task_id,
+            success=False,
+            result=detail,
+            error=message,
+            error_category=failure.category,
+            attempts=max(attempts, 1),
+            worker_id=self.config.worker_id,
+            execution_type=execution_type,
+            **clock.stamps(),
+        )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.started_at = utcnow()
+        self._t0 = time.monotonic()
+
+    def stamps(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "finished_at": utcnow(),
+            "duration_ms": int((time.monotonic() - self._t0) * 1000),
+        }
+
+
+def _secret_values(params: ExecutionParameters, config: DaggerAdapterConfig) -> list[str]:
+    values = list(params.secrets.values())
+    for cred in (params.registry_auth, config.container_credentials):
+        if cred is not None:
+            values.append(cred.secret)
+    return values

@@ -1,0 +1,193 @@
+"""The process's one connection to the Dagger engine, shared by concurrent executions.
+
+Why ``dagger.Connection`` (the SDK's isolated client) and not ``dagger.connection()`` + the
+global ``dag``: the global one is a process-wide singleton that keeps its connection
+parameters after a failed connect until ``dagger.close()``, and every execution would share
+one mutable global. A long-lived service needs to *replace* a broken connection while other
+executions still hold the old one; with an isolated client each generation is an object we
+own: executions borrow the current one, a failure marks it stale, the next borrower opens a
+fresh one, and the stale one is closed when its last borrower returns it.
+
+SDK configuration: ``retry=None`` -- our ``RetryHandler`` is the only retry layer (the SDK's
+own gql retry would stall 15-20 s per failure and hide attempts from our policy and the
+broker); a connect timeout from ``engine_connect_timeout_seconds``; an execute (read)
+timeout equal to the worker's ``timeout_seconds`` as a backstop under each command's own
+deadline; ``log_output=None`` (engine logs are not mixed into ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import dagger
+import gql
+
+log = logging.getLogger(__name__)
+
+# gql logs every request and response body at DEBUG; queries carry secrets inline
+# (setSecret(plaintext: ...)), so those loggers must never print, whatever the log level.
+for _name in ("gql.transport.httpx", "gql.transport.common.base", "gql.client", "gql.dsl"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class _Generation:
+    """One opened connection and the executions currently using it."""
+
+    def __init__(self, connection: dagger.Connection, client: dagger.Client) -> None:
+        self.connection = connection
+        self.client = client
+        self.users = 0
+        self.stale = False
+        self.modules: dict[str, str] = {}  # module ref -> its GraphQL field, once served
+        self.modules_lock = asyncio.Lock()
+
+
+class DaggerEngine:
+    def __init__(self, *, connect_timeout: float, execute_timeout: float) -> None:
+        self._connect_timeout = connect_timeout
+        self._execute_timeout = execute_timeout
+        self._current: _Generation | None = None
+        self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def connected(self) -> bool:
+        return self._current is not None and not self._current.stale
+
+    def _config(self) -> dagger.Config:
+        return dagger.Config(
+            timeout=dagger.Timeout(self._execute_timeout, connect=self._connect_timeout),
+            retry=None,
+            log_output=None,
+        )
+
+    async def _open(self) -> _Generation:
+        async with self._lock:
+            current = self._current
+            if current is not None and not current.stale:
+                return current
+            connection = dagger.Connection(self._config())
+            try:
+                client = await connection.__aenter__()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await connection.close()  # type: ignore[no-untyped-call]
+                raise
+            self._current = _Generation(connection, client)
+            log.info("connected to the Dagger engine")
+            return self._current
+
+    async def connect(self) -> None:
+        """Open the connection now (otherwise the first execution opens it)."""
+        await self._open()
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[EngineSession]:
+        """Borrow the current connection for one execution attempt."""
+        generation = await self._open()
+        generation.users += 1
+        try:
+            yield EngineSession(self, generation)
+        finally:
+            generation.users -= 1
+            if generation.stale and generation.users == 0:
+                self._close_later(generation)
+
+    def discard(self, generation: _Generation) -> None:
+        """After an engine failure: the next execution opens a fresh connection."""
+        if generation.stale:
+            return
+        generation.stale = True
+        if self._current is generation:
+            self._current = None
+        log.info("dropping the engine connection after an engine failure; the next execution reconnects")
+        if generation.users == 0:
+            self._close_later(generation)
+
+    def _close_later(self, generation: _Generation) -> None:
+        task = asyncio.get_running_loop().create_task(_close(generation))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def ping(self) -> str:
+        """A cheap engine round trip (``{ version }``)."""
+        async with self.session() as session:
+            return await session.client.version()
+
+    async def close(self) -> None:
+        generation, self._current = self._current, None
+        if generation is not None:
+            generation.stale = True
+            await _close(generation)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+class EngineSession:
+    """What an execution attempt holds: the client, and a way to report the engine broken."""
+
+    def __init__(self, engine: DaggerEngine, generation: _Generation) -> None:
+        self._engine = engine
+        self._generation = generation
+        self.client: dagger.Client = generation.client
+
+    def discard(self) -> None:
+        self._engine.discard(self._generation)
+
+    async def call_function(self, module_ref: str, function: str, args: dict[str, Any]) -> Any:
+        """Call ``function`` of the Dagger module ``module_ref`` with JSON-like ``args``.
+
+        The SDK has no public helper for a call given as data: the module is loaded and
+        served into this session once (``serve()`` is once per session), then the function is
+        queried as ``{ <module> { <function>(args) } }`` through the connection's own session.
+        """
+        field = await self._served_field(module_ref)
+        arguments = ", ".join(f"{_camel(k)}: {_graphql_literal(v)}" for k, v in args.items())
+        call = f"{_camel(function)}({arguments})" if arguments else _camel(function)
+        query = gql.gql(f"{{ {field} {{ {call} }} }}")
+        # The isolated client's connection: the SDK builds no query for fields it did not
+        # introspect (module functions appear after serve()), so the raw request goes here.
+        result = await self.client._ctx.conn.session.execute(query)
+        return result[field][_camel(function)]
+
+    async def _served_field(self, module_ref: str) -> str:
+        generation = self._generation
+        async with generation.modules_lock:
+            if module_ref not in generation.modules:
+                module = self.client.module_source(module_ref).as_module()
+                name = await module.name()
+                await module.serve()
+                generation.modules[module_ref] = _camel(name)
+            return generation.modules[module_ref]
+
+
+async def _close(generation: _Generation) -> None:
+    try:
+        await generation.connection.close()  # type: ignore[no-untyped-call]
+    except Exception as exc:  # closing a broken connection may fail too; nothing to do about it
+        log.debug("closing a stale engine connection: %s", type(exc).__name__)
+
+
+def _camel(name: str) -> str:
+    """A module, function or argument name as GraphQL spells it (snake/kebab -> lowerCamel)."""
+    parts = [p for p in re.split(r"[-_]", name) if p]
+    if not parts:
+        return name
+    return parts[0][:1].lower() + parts[0][1:] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+
+
+def _graphql_literal(value: Any) -> str:
+    """A JSON-like value as a GraphQL literal (JSON's string escapes are valid GraphQL)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_graphql_literal(v) for v in value) + "]"
+    raise TypeError(
+        f"unsupported function argument type {type(value).__name__} (use strings, numbers, booleans, lists)"
+    )

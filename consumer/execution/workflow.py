@@ -1,0 +1,298 @@
+"""``containerized_workflow``: named steps, each a command in a container.
+
+Planning (no engine involved) loads the workflow, resolves volumes under the path rules,
+picks each step's image and substitutes inputs; any problem there is a permanent failure
+before anything runs. Running goes wave by wave (``WorkflowDefinition.execution_order()``);
+the steps of a wave run concurrently.
+
+Inputs: ``{{ inputs.NAME }}`` (spaces optional) in a step's ``run``, ``environment`` values,
+``workdir`` and ``outputs`` paths is replaced by the command's input ``NAME``. A reference
+to an input the command does not give fails the task, naming it. Other ``{{ ... }}`` text
+(Go templates, for instance) is left alone, and so is shell syntax like ``${HOME}``. In the
+shell form (``run`` as a string, run with ``sh -c``) each value is inserted as one
+shell-quoted word, so an input can never inject shell syntax.
+
+Volumes: every step sees each volume as its dependencies left it (Dagger directories are
+immutable snapshots, so a step's writes flow to the steps that depend on it, not to steps
+running beside it). A step with several dependencies sees their trees layered in
+``depends_on`` order (a later dependency wins on a path both wrote). After the workflow
+succeeds, ``writable`` volumes are exported back to their host directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagger
+import msgspec
+import yaml
+
+from consumer.errors import ExecutionFailure, classify, permanent, tail
+from consumer.execution.context import RunContext
+from consumer.paths import PathRules
+from schemas import WorkflowDefinition, WorkflowParameters, WorkflowStep
+
+INPUT_REFERENCE = re.compile(r"\{\{\s*inputs\.([A-Za-z0-9_.-]*?)\s*\}\}")
+MAX_OUTPUT_BYTES = 1 << 20  # a declared output travels inside the result message
+SINGLE_COMMAND_STEP = "command"
+
+
+@dataclass(slots=True, frozen=True)
+class Volume:
+    source: Path  # resolved host directory
+    target: str
+    writable: bool
+
+
+@dataclass(slots=True)
+class PlannedStep:
+    name: str
+    image: str
+    args: list[str]
+    environment: dict[str, str]
+    workdir: str | None
+    outputs: dict[str, str]
+    depends_on: list[str]
+    allow_failure: bool
+
+
+@dataclass(slots=True)
+class WorkflowPlan:
+    name: str
+    steps: dict[str, PlannedStep]
+    waves: list[list[str]]
+    volumes: list[Volume]
+    workflow_source: bytes | None = None  # the workflow file's content, for the cache key
+    host_inputs: list[Path] = field(default_factory=list)
+
+    async def run(self, ctx: RunContext, result: dict[str, Any]) -> None:
+        await run_workflow(self, ctx, result)
+
+
+def load_workflow(name: str, rules: PathRules) -> tuple[WorkflowDefinition, bytes]:
+    path = rules.workflow_file(name)
+    source = path.read_bytes()
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise permanent(f"workflow {name!r} is not valid YAML: {exc}") from None
+    try:
+        return msgspec.convert(data, WorkflowDefinition), source
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise permanent(f"workflow {name!r} is not a valid workflow: {exc}") from None
+
+
+def plan_workflow(params: WorkflowParameters, rules: PathRules) -> WorkflowPlan:
+    source: bytes | None = None
+    if isinstance(params.workflow_definition, str):
+        definition, source = load_workflow(params.workflow_definition, rules)
+        name = definition.name or params.workflow_definition
+    elif params.workflow_definition is not None:
+        definition = params.workflow_definition
+        name = definition.name or "inline"
+    else:
+        assert params.command
+        definition = WorkflowDefinition(steps=[WorkflowStep(name=SINGLE_COMMAND_STEP, run=list(params.command))])
+        name = SINGLE_COMMAND_STEP
+
+    volumes = [
+        Volume(source=rules.host_directory(v.source), target=v.target, writable=v.writable) for v in params.volumes
+    ]
+    targets = [v.target for v in volumes]
+    if len(set(targets)) != len(targets):
+        raise permanent("two volumes are mounted at the same target path")
+
+    steps: dict[str, PlannedStep] = {}
+    for step in definition.steps:
+        image = step.image or params.container_image or definition.image
+        if not image:
+            raise permanent(f"step {step.name!r} has no image: set `image` in the workflow or `container_image`")
+        where = f"step {step.name!r}"
+        # Precedence: workflow < step < command (the caller's per-run override wins).
+        env = {**definition.environment, **step.environment}
+        env = {k: substitute(v, params.inputs, f"{where} environment {k}") for k, v in env.items()}
+        env.update(params.environment)
+        if isinstance(step.run, str):
+            args = ["sh", "-c", substitute(step.run, params.inputs, where, shell=True)]
+        else:
+            args = [substitute(a, params.inputs, where) for a in step.run]
+        workdir = step.workdir or definition.workdir
+        steps[step.name] = PlannedStep(
+            name=step.name,
+            image=image,
+            args=args,
+            environment=env,
+            workdir=substitute(workdir, params.inputs, f"{where} workdir") if workdir else None,
+            outputs={k: substitute(p, params.inputs, f"{where} output {k}") for k, p in step.outputs.items()},
+            depends_on=list(step.depends_on),
+            allow_failure=step.allow_failure,
+        )
+    waves = [[s.name for s in wave] for wave in definition.execution_order()]
+    return WorkflowPlan(
+        name=name,
+        steps=steps,
+        waves=waves,
+        volumes=volumes,
+        workflow_source=source,
+        host_inputs=[v.source for v in volumes],
+    )
+
+
+def substitute(text: str, inputs: dict[str, str], where: str, *, shell: bool = False) -> str:
+    """Replace ``{{ inputs.NAME }}``; an unknown NAME is a permanent failure naming it."""
+    unknown = sorted({m for m in INPUT_REFERENCE.findall(text) if m not in inputs})
+    if unknown:
+        known = ", ".join(sorted(inputs)) or "none"
+        raise permanent(f"{where} refers to unknown input(s) {', '.join(unknown)} (inputs given: {known})")
+
+    def value(match: re.Match[str]) -> str:
+        v = inputs[match.group(1)]
+        return shlex.quote(v) if shell else v
+
+    return INPUT_REFERENCE.sub(value, text)
+
+
+async def run_workflow(plan: WorkflowPlan, ctx: RunContext, result: dict[str, Any]) -> None:
+    """Run the plan, filling ``result`` as steps finish (it is the partial result on failure)."""
+    result["workflow"] = plan.name
+    steps_out: dict[str, dict[str, Any]] = result.setdefault("steps", {})
+    for wave in plan.waves:
+        for name in wave:
+            steps_out[name] = {"status": "pending", "image": plan.steps[name].image}
+    outputs: dict[str, dict[str, str]] = result.setdefault("outputs", {})
+
+    initial = [ctx.host_directory(str(v.source)) for v in plan.volumes]
+    states: dict[str, list[dagger.Directory]] = {}  # step -> each volume as the step left it
+
+    for index, wave in enumerate(plan.waves):
+        async with asyncio.TaskGroup() as group:
+            for name in wave:
+                step = plan.steps[name]
+                mounts = _volumes_for(step, plan, states, initial)
+                group.create_task(_run_step(step, plan, mounts, ctx, steps_out[name], states, outputs))
+        failed = [n for n in wave if steps_out[n]["status"] == "failed" and not plan.steps[n].allow_failure]
+        if failed:
+            for later in plan.waves[index + 1 :]:
+                for n in later:
+                    steps_out[n]["status"] = "skipped"
+            first = steps_out[failed[0]]
+            message = first.get("error") or f"step {failed[0]!r} exited with code {first.get('exit_code')}"
+            raise permanent(ctx.redact(message))
+
+    exported = []
+    for i, volume in enumerate(plan.volumes):
+        if volume.writable:
+            final = _layered([states[s][i] for s in _sinks(plan)])
+            await final.export(str(volume.source))
+            exported.append(str(volume.source))
+    if exported:
+        result["exported"] = exported
+
+
+def _volumes_for(
+    step: PlannedStep, plan: WorkflowPlan, states: dict[str, list[dagger.Directory]], initial: list[dagger.Directory]
+) -> list[dagger.Directory]:
+    if not step.depends_on:
+        return list(initial)
+    return [_layered([states[d][i] for d in step.depends_on]) for i in range(len(plan.volumes))]
+
+
+def _layered(trees: list[dagger.Directory]) -> dagger.Directory:
+    merged = trees[0]
+    for tree in trees[1:]:
+        merged = merged.with_directory(".", tree)
+    return merged
+
+
+def _sinks(plan: WorkflowPlan) -> list[str]:
+    needed = {d for s in plan.steps.values() for d in s.depends_on}
+    return [name for wave in plan.waves for name in wave if name not in needed]
+
+
+async def _run_step(
+    step: PlannedStep,
+    plan: WorkflowPlan,
+    mounts: list[dagger.Directory],
+    ctx: RunContext,
+    out: dict[str, Any],
+    states: dict[str, list[dagger.Directory]],
+    outputs: dict[str, dict[str, str]],
+) -> None:
+    ctr = ctx.container(step.image)
+    for key, value in step.environment.items():
+        ctr = ctr.with_env_variable(key, value)
+    for name in sorted(ctx.secrets):
+        ctr = ctr.with_secret_variable(name, ctx.secret(name))
+    for volume, directory in zip(plan.volumes, mounts, strict=True):
+        ctr = ctr.with_mounted_directory(volume.target, directory)
+    if step.workdir:
+        ctr = ctr.with_workdir(step.workdir)
+    ctr = ctr.with_exec(step.args, expect=dagger.ReturnType.ANY)
+
+    out["status"] = "running"
+    ctx.progress(step.name, "started", None)
+    started = time.monotonic()
+    try:
+        ctr = await ctr.sync()
+        exit_code, stdout, stderr = await asyncio.gather(ctr.exit_code(), ctr.stdout(), ctr.stderr())
+    except Exception as exc:
+        out["status"] = "failed"
+        out["duration_ms"] = _ms_since(started)
+        ctx.progress(step.name, "failed", classify(exc).message)
+        raise
+    out.update(
+        exit_code=exit_code,
+        stdout=ctx.redact(tail(stdout)),
+        stderr=ctx.redact(tail(stderr)),
+        duration_ms=_ms_since(started),
+    )
+    if len(stdout) > len(out["stdout"]) or len(stderr) > len(out["stderr"]):
+        out["truncated"] = True
+    states[step.name] = [ctr.directory(v.target) for v in plan.volumes]
+
+    if exit_code != 0:
+        out["status"] = "failed"
+        if step.allow_failure:
+            out["allowed_failure"] = True
+        detail = f"exited with code {exit_code}"
+        if stderr.strip():
+            detail += f": {tail(stderr.strip(), 500)}"
+        out["error"] = ctx.redact(f"step {step.name!r} {detail}")
+        ctx.progress(step.name, "failed", detail)
+        return
+
+    try:
+        step_outputs = {name: await _read_output(ctr, step, name, path) for name, path in step.outputs.items()}
+    except ExecutionFailure as failure:
+        out["status"] = "failed"
+        out["error"] = ctx.redact(failure.message)
+        ctx.progress(step.name, "failed", failure.message)
+        return
+    if step_outputs:
+        outputs[step.name] = {k: ctx.redact(v) for k, v in step_outputs.items()}
+    out["status"] = "succeeded"
+    ctx.progress(step.name, "succeeded", f"exit code 0 in {out['duration_ms']} ms")
+
+
+async def _read_output(ctr: dagger.Container, step: PlannedStep, name: str, path: str) -> str:
+    file = ctr.file(path)
+    try:
+        size = await file.size()
+        if size > MAX_OUTPUT_BYTES:
+            raise permanent(
+                f"step {step.name!r} output {name!r} ({path}) is {size} bytes, more than the "
+                f"{MAX_OUTPUT_BYTES} a result can carry; write it to a writable volume instead"
+            )
+        return await file.contents()
+    except dagger.QueryError as exc:
+        raise permanent(f"step {step.name!r} did not produce its output {name!r} at {path}: {exc}") from None
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
