@@ -1,0 +1,52 @@
+"""The engine's state behind the HTTP server: objects, execs, secrets, exports, modules."""
+
+from __future__ import annotations
+
+import threading
+
+import graphql
+
+from tests.dagger_engine.evaluation import Evaluator
+from tests.dagger_engine.executor import ExecRunner
+from tests.dagger_engine.filesystem import CacheStore
+from tests.dagger_engine.modules import ModuleSpec
+from tests.dagger_engine.state import Registry, SecretState
+
+
+class EngineCore:
+    """Shared by every request (requests run concurrently, one thread each)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.registry = Registry()
+        self.caches = CacheStore()
+        self.runner = ExecRunner(self.stopping)
+        self.evaluator = Evaluator(self.runner, self.caches, self.secret_value)
+        self.exports: list[tuple[str, dict[str, str]]] = []
+        self.modules: dict[str, ModuleSpec] = {}  # by ref
+        self.served: dict[str, ModuleSpec] = {}  # by Query field name
+        self._secret_values: dict[str, str] = {}  # secret state id -> plaintext
+        self._secret_by_name: dict[str, str] = {}
+        self.schema: graphql.GraphQLSchema | None = None
+
+    def add_secret(self, secret: SecretState, plaintext: str) -> SecretState:
+        with self.lock:
+            self._secret_values[secret.id] = plaintext
+            self._secret_by_name[secret.name] = plaintext
+        return self.registry.add(secret)
+
+    def secret_value(self, secret: SecretState) -> str:
+        with self.lock:
+            if secret.id in self._secret_values:
+                return self._secret_values[secret.id]
+        raise graphql.GraphQLError(f"secret {secret.name!r} has no value in this session")
+
+    def secret_plaintext(self, name: str) -> str | None:
+        with self.lock:
+            return self._secret_by_name.get(name)
+
+    def record_export(self, host_path: str, files: dict[str, str]) -> None:
+        with self.lock:
+            self.exports.append((host_path, dict(files)))

@@ -1,0 +1,605 @@
+"""Field resolvers: the meaning of each field of the schema subset, over ``state.py``."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import posixpath
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import graphql
+
+from tests.dagger_engine import snapshots
+from tests.dagger_engine.core import EngineCore
+from tests.dagger_engine.evaluation import Evaluated, ExecFailed
+from tests.dagger_engine.filesystem import normalize, relative_to
+from tests.dagger_engine.modules import ModuleSpec, module_sdl
+from tests.dagger_engine.schema import SDL
+from tests.dagger_engine.state import (
+    CacheVolumeState,
+    ContainerState,
+    DirectoryState,
+    ExecOp,
+    FileState,
+    HostState,
+    ModuleObject,
+    ModuleSourceState,
+    ModuleState,
+    Mount,
+    Node,
+    SecretState,
+    WriteOp,
+)
+
+Resolver = Callable[..., Any]
+N = TypeVar("N", bound=Node)
+
+RESOLVERS: dict[tuple[str, str], Resolver] = {}
+
+
+def resolves(type_name: str, *fields: str) -> Callable[[Resolver], Resolver]:
+    def register(fn: Resolver) -> Resolver:
+        for name in fields:
+            RESOLVERS[(type_name, name)] = fn
+        return fn
+
+    return register
+
+
+def _core(info: graphql.GraphQLResolveInfo) -> EngineCore:
+    core: EngineCore = info.context
+    return core
+
+
+def _new(info: graphql.GraphQLResolveInfo, obj: N) -> N:
+    return _core(info).registry.add(obj)
+
+
+def _load(info: graphql.GraphQLResolveInfo, id_: str, cls: type[N]) -> N:
+    obj = _core(info).registry.get(id_)
+    if not isinstance(obj, cls):
+        raise graphql.GraphQLError(f"failed to load {cls.graphql_type} from ID {id_[:40]!r}")
+    return obj
+
+
+def _evaluate(info: graphql.GraphQLResolveInfo, ctr: ContainerState) -> Evaluated:
+    try:
+        return _core(info).evaluator.evaluate(ctr)
+    except ExecFailed as failed:
+        raise graphql.GraphQLError(
+            str(failed),
+            extensions={
+                "_type": "EXEC_ERROR",
+                "cmd": failed.cmd,
+                "exitCode": failed.result.exit_code,
+                "stdout": failed.result.stdout,
+                "stderr": failed.result.stderr,
+            },
+        ) from None
+
+
+def _host_path(path: str) -> str:
+    # The real engine resolves host paths against the client's working directory.
+    return os.path.abspath(os.path.expanduser(path))
+
+
+# --- Query -----------------------------------------------------------------------------------
+
+
+@resolves("Query", "container")
+def _container(_: None, info: graphql.GraphQLResolveInfo, **__: Any) -> ContainerState:
+    return _new(info, ContainerState())
+
+
+@resolves("Query", "host")
+def _host(_: None, info: graphql.GraphQLResolveInfo) -> HostState:
+    return _new(info, HostState())
+
+
+@resolves("Query", "version")
+def _version(_: None, info: graphql.GraphQLResolveInfo) -> str:
+    return _core(info).version
+
+
+@resolves("Query", "setSecret")
+def _set_secret(_: None, info: graphql.GraphQLResolveInfo, name: str, plaintext: str) -> SecretState:
+    return _core(info).add_secret(SecretState(name=name), plaintext)
+
+
+@resolves("Query", "secret")
+def _secret(_: None, info: graphql.GraphQLResolveInfo, uri: str, **__: Any) -> SecretState:
+    scheme, _, rest = uri.partition("://")
+    if scheme == "env" and rest in os.environ:
+        value = os.environ[rest]
+    elif scheme == "file" and os.path.isfile(rest):
+        value = snapshots.read_text(rest)
+    else:
+        raise graphql.GraphQLError(f"failed to resolve secret {uri.split('?')[0]!r}")
+    return _core(info).add_secret(SecretState(name=uri), value)
+
+
+@resolves("Query", "cacheVolume")
+def _cache_volume(_: None, info: graphql.GraphQLResolveInfo, key: str, **__: Any) -> CacheVolumeState:
+    return _new(info, CacheVolumeState(key=key))
+
+
+@resolves("Query", "node")
+def _node(_: None, info: graphql.GraphQLResolveInfo, id: str) -> Node:
+    return _load(info, id, Node)
+
+
+@resolves("Query", "directory")
+def _empty_directory(_: None, info: graphql.GraphQLResolveInfo) -> DirectoryState:
+    return _new(info, DirectoryState(files={}))
+
+
+@resolves("Query", "file")
+def _new_file(_: None, info: graphql.GraphQLResolveInfo, name: str, contents: str, **__: Any) -> FileState:
+    return _new(info, FileState(name=name, contents=contents))
+
+
+@resolves("Query", "moduleSource")
+def _module_source(_: None, info: graphql.GraphQLResolveInfo, refString: str, **__: Any) -> ModuleSourceState:
+    if refString not in _core(info).modules:
+        raise graphql.GraphQLError(f"failed to resolve module source {refString!r}: not found")
+    return _new(info, ModuleSourceState(ref=refString))
+
+
+# --- Container: configuration ----------------------------------------------------------------
+
+
+def _derive(info: graphql.GraphQLResolveInfo, ctr: ContainerState, op: Any = None, **changes: Any) -> ContainerState:
+    return _new(info, ctr.derive(op, **changes))
+
+
+def _maybe_expand(ctr: ContainerState, text: str, expand: bool) -> str:
+    from tests.dagger_engine.commands import expand as expand_vars
+
+    return expand_vars(text, dict(ctr.env)) if expand else text
+
+
+@resolves("Container", "from")
+def _from(ctr: ContainerState, info: graphql.GraphQLResolveInfo, address: str, **__: Any) -> ContainerState:
+    return _derive(info, ctr, image=address)
+
+
+@resolves("Container", "withExec")
+def _with_exec(ctr: ContainerState, info: graphql.GraphQLResolveInfo, args: list[str], **kw: Any) -> ContainerState:
+    args = [_maybe_expand(ctr, a, kw["expand"]) for a in args]
+    if kw["useEntrypoint"]:
+        args = [*ctr.entrypoint, *(args or ctr.default_args)]
+    op = ExecOp(
+        args=tuple(args),
+        expect=kw["expect"],
+        stdin=kw["stdin"],
+        redirect_stdin=kw["redirectStdin"],
+        redirect_stdout=kw["redirectStdout"],
+        redirect_stderr=kw["redirectStderr"],
+    )
+    return _derive(info, ctr, op)
+
+
+@resolves("Container", "withEnvVariable")
+def _with_env(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str, value: str, expand: bool
+) -> ContainerState:
+    return _derive(info, ctr, env={**ctr.env, name: _maybe_expand(ctr, value, expand)})
+
+
+@resolves("Container", "withoutEnvVariable")
+def _without_env(ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str) -> ContainerState:
+    return _derive(info, ctr, env={k: v for k, v in ctr.env.items() if k != name})
+
+
+@resolves("Container", "withWorkdir")
+def _with_workdir(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, expand: bool) -> ContainerState:
+    return _derive(info, ctr, workdir=normalize(_maybe_expand(ctr, path, expand), ctr.workdir))
+
+
+@resolves("Container", "withUser")
+def _with_user(ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str) -> ContainerState:
+    return _derive(info, ctr, user=name)
+
+
+@resolves("Container", "withEntrypoint")
+def _with_entrypoint(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, args: list[str], keepDefaultArgs: bool
+) -> ContainerState:
+    return _derive(info, ctr, entrypoint=tuple(args), default_args=ctr.default_args if keepDefaultArgs else ())
+
+
+@resolves("Container", "withoutEntrypoint")
+def _without_entrypoint(ctr: ContainerState, info: graphql.GraphQLResolveInfo, keepDefaultArgs: bool) -> ContainerState:
+    return _derive(info, ctr, entrypoint=(), default_args=ctr.default_args if keepDefaultArgs else ())
+
+
+@resolves("Container", "withDefaultArgs")
+def _with_default_args(ctr: ContainerState, info: graphql.GraphQLResolveInfo, args: list[str]) -> ContainerState:
+    return _derive(info, ctr, default_args=tuple(args))
+
+
+@resolves("Container", "withLabel")
+def _with_label(ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str, value: str) -> ContainerState:
+    return _derive(info, ctr, labels={**ctr.labels, name: value})
+
+
+@resolves("Container", "withSecretVariable")
+def _with_secret_variable(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str, secret: str
+) -> ContainerState:
+    return _derive(info, ctr, secret_env={**ctr.secret_env, name: _load(info, secret, SecretState)})
+
+
+@resolves("Container", "withRegistryAuth")
+def _with_registry_auth(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, address: str, username: str, secret: str
+) -> ContainerState:
+    auth = (address, username, _load(info, secret, SecretState))
+    others = tuple(a for a in ctr.registry_auths if a[0] != address)
+    return _derive(info, ctr, registry_auths=(*others, auth))
+
+
+def _mount(info: graphql.GraphQLResolveInfo, ctr: ContainerState, path: str, mount: Mount) -> ContainerState:
+    return _derive(info, ctr, mounts={**ctr.mounts, normalize(path, ctr.workdir): mount})
+
+
+@resolves("Container", "withMountedDirectory")
+def _with_mounted_directory(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
+) -> ContainerState:
+    src = _load(info, source, DirectoryState)
+    kind = "host" if src.origin else "directory"
+    return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount(kind, src.origin or "", src))
+
+
+@resolves("Container", "withMountedCache")
+def _with_mounted_cache(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, cache: str, **kw: Any
+) -> ContainerState:
+    volume = _load(info, cache, CacheVolumeState)
+    return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount("cache", volume.key, volume))
+
+
+@resolves("Container", "withMountedFile")
+def _with_mounted_file(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
+) -> ContainerState:
+    src = _load(info, source, FileState)
+    return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount("file", src.origin or "", src))
+
+
+@resolves("Container", "withMountedSecret")
+def _with_mounted_secret(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
+) -> ContainerState:
+    secret = _load(info, source, SecretState)
+    return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount("secret", secret.name, secret))
+
+
+# --- Container: files ------------------------------------------------------------------------
+
+
+def _write(info: graphql.GraphQLResolveInfo, ctr: ContainerState, files: dict[str, str]) -> ContainerState:
+    return _derive(info, ctr, WriteOp({normalize(p, ctr.workdir): t for p, t in files.items()}))
+
+
+@resolves("Container", "withNewFile")
+def _with_new_file(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, contents: str, **kw: Any
+) -> ContainerState:
+    return _write(info, ctr, {_maybe_expand(ctr, path, kw["expand"]): contents})
+
+
+@resolves("Container", "withFile")
+def _with_file(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
+) -> ContainerState:
+    src = _load(info, source, FileState)
+    return _write(info, ctr, {_maybe_expand(ctr, path, kw["expand"]): src.contents})
+
+
+@resolves("Container", "withDirectory")
+def _with_directory(
+    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
+) -> ContainerState:
+    src = _load(info, source, DirectoryState)
+    target = _maybe_expand(ctr, path, kw["expand"])
+    files = snapshots.select(src.files, kw["include"], kw["exclude"])
+    return _write(info, ctr, {posixpath.join(target, rel): text for rel, text in files.items()})
+
+
+def _origin_of(ctr: ContainerState, path: str) -> str | None:
+    """The host path behind a container path, when it lies in a mounted host directory."""
+    for mount_path, mount in sorted(ctr.mounts.items(), key=lambda item: -len(item[0])):
+        rel = relative_to(path, mount_path)
+        if rel is not None:
+            return os.path.join(mount.label, rel) if mount.kind == "host" else None
+    return None
+
+
+@resolves("Container", "directory")
+def _ctr_directory(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, expand: bool) -> DirectoryState:
+    _evaluate(info, ctr)
+    fs = _core(info).evaluator.view(ctr)
+    full = normalize(_maybe_expand(ctr, path, expand), ctr.workdir)
+    if not fs.is_dir(full):
+        raise graphql.GraphQLError(f"lstat {full}: no such file or directory")
+    return _new(info, DirectoryState(files=fs.tree(full), origin=_origin_of(ctr, full)))
+
+
+@resolves("Container", "file")
+def _ctr_file(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, expand: bool) -> FileState:
+    _evaluate(info, ctr)
+    full = normalize(_maybe_expand(ctr, path, expand), ctr.workdir)
+    text = _core(info).evaluator.view(ctr).read(full)
+    if text is None:
+        raise graphql.GraphQLError(f"lstat {full}: no such file or directory")
+    return _new(info, FileState(name=posixpath.basename(full), contents=text, origin=_origin_of(ctr, full)))
+
+
+# --- Container: results ----------------------------------------------------------------------
+
+
+def _last_exec(info: graphql.GraphQLResolveInfo, ctr: ContainerState) -> Any:
+    result = _evaluate(info, ctr).last_exec
+    if result is None:
+        raise graphql.GraphQLError("no command has been set")
+    return result
+
+
+@resolves("Container", "stdout")
+def _stdout(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> str:
+    return str(_last_exec(info, ctr).stdout)
+
+
+@resolves("Container", "stderr")
+def _stderr(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> str:
+    return str(_last_exec(info, ctr).stderr)
+
+
+@resolves("Container", "exitCode")
+def _exit_code(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> int:
+    return int(_last_exec(info, ctr).exit_code)
+
+
+@resolves("Container", "sync")
+def _ctr_sync(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> str:
+    _evaluate(info, ctr)
+    return ctr.id
+
+
+@resolves("Container", "envVariable")
+def _env_variable(ctr: ContainerState, _: graphql.GraphQLResolveInfo, name: str) -> str | None:
+    return ctr.env.get(name)
+
+
+@resolves("Container", "workdir")
+def _workdir(ctr: ContainerState, _: graphql.GraphQLResolveInfo) -> str:
+    return ctr.workdir
+
+
+@resolves("Container", "user")
+def _user(ctr: ContainerState, _: graphql.GraphQLResolveInfo) -> str:
+    return ctr.user
+
+
+@resolves("Container", "export")
+def _ctr_export(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, **_: Any) -> str:
+    # Stands in for an OCI tarball: a JSON description of the image.
+    _evaluate(info, ctr)
+    host = _host_path(path)
+    text = json.dumps({"image": ctr.image, "env": dict(ctr.env), "workdir": ctr.workdir}, indent=2)
+    snapshots.write_file(host, text)
+    _core(info).record_export(host, {os.path.basename(host): text})
+    return host
+
+
+# --- Directory / File / Host -----------------------------------------------------------------
+
+
+@resolves("Directory", "entries")
+def _entries(d: DirectoryState, _: graphql.GraphQLResolveInfo, path: str | None = None) -> list[str]:
+    return snapshots.entries(d.files, path or "")
+
+
+@resolves("Directory", "glob")
+def _glob(d: DirectoryState, _: graphql.GraphQLResolveInfo, pattern: str) -> list[str]:
+    return sorted(rel for rel in d.files if fnmatch.fnmatchcase(rel, pattern.replace("**/", "*")))
+
+
+@resolves("Directory", "file")
+def _dir_file(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str) -> FileState:
+    rel = posixpath.normpath(path).lstrip("/")
+    if rel not in d.files:
+        raise graphql.GraphQLError(f"{path}: no such file or directory")
+    origin = os.path.join(d.origin, rel) if d.origin else None
+    return _new(info, FileState(name=posixpath.basename(rel), contents=d.files[rel], origin=origin))
+
+
+@resolves("Directory", "directory")
+def _dir_directory(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str) -> DirectoryState:
+    rel = posixpath.normpath(path).strip("/")
+    files = snapshots.subtree(d.files, rel)
+    if not files and rel not in {"", "."}:
+        raise graphql.GraphQLError(f"{path}: no such file or directory")
+    return _new(info, DirectoryState(files=files, origin=os.path.join(d.origin, rel) if d.origin else None))
+
+
+@resolves("Directory", "withNewFile")
+def _dir_with_new_file(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, contents: str, **_: Any) -> Node:
+    rel = posixpath.normpath(path).lstrip("/")
+    return _new(info, DirectoryState(files={**d.files, rel: contents}, origin=d.origin))
+
+
+@resolves("Directory", "withFile")
+def _dir_with_file(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, source: str, **_: Any) -> Node:
+    src = _load(info, source, FileState)
+    rel = posixpath.normpath(path).lstrip("/")
+    return _new(info, DirectoryState(files={**d.files, rel: src.contents}, origin=d.origin))
+
+
+@resolves("Directory", "withDirectory")
+def _dir_with_directory(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any) -> Node:
+    src = _load(info, source, DirectoryState)
+    base = posixpath.normpath(path).strip("/")
+    added = snapshots.select(src.files, kw["include"], kw["exclude"])
+    merged = {**d.files, **{posixpath.normpath(posixpath.join(base, rel)): t for rel, t in added.items()}}
+    return _new(info, DirectoryState(files=merged, origin=d.origin))
+
+
+@resolves("Directory", "export")
+def _dir_export(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, wipe: bool) -> str:
+    host = _host_path(path)
+    snapshots.write_tree(host, d.files, wipe=wipe)
+    _core(info).record_export(host, dict(d.files))
+    return host
+
+
+@resolves("File", "contents")
+def _contents(
+    f: FileState, _: graphql.GraphQLResolveInfo, offsetLines: int | None = None, limitLines: int | None = None
+) -> str:
+    if offsetLines is None and limitLines is None:
+        return f.contents
+    lines = f.contents.splitlines(keepends=True)[offsetLines or 0 :]
+    return "".join(lines if limitLines is None else lines[:limitLines])
+
+
+@resolves("File", "export")
+def _file_export(f: FileState, info: graphql.GraphQLResolveInfo, path: str, **_: Any) -> str:
+    host = _host_path(path)
+    if os.path.isdir(host):
+        host = os.path.join(host, f.name)
+    snapshots.write_file(host, f.contents)
+    _core(info).record_export(host, {f.name: f.contents})
+    return host
+
+
+@resolves("File", "name")
+def _file_name(f: FileState, _: graphql.GraphQLResolveInfo) -> str:
+    return f.name
+
+
+@resolves("File", "size")
+def _file_size(f: FileState, _: graphql.GraphQLResolveInfo) -> int:
+    return len(f.contents.encode())
+
+
+@resolves("Host", "directory")
+def _host_directory(_: HostState, info: graphql.GraphQLResolveInfo, path: str, **kw: Any) -> DirectoryState:
+    root = _host_path(path)
+    try:
+        files = snapshots.read_tree(root)
+    except FileNotFoundError as missing:
+        raise graphql.GraphQLError(str(missing)) from None
+    return _new(info, DirectoryState(files=snapshots.select(files, kw["include"], kw["exclude"]), origin=root))
+
+
+@resolves("Host", "file")
+def _host_file(_: HostState, info: graphql.GraphQLResolveInfo, path: str, **__: Any) -> FileState:
+    full = _host_path(path)
+    if not os.path.isfile(full):
+        raise graphql.GraphQLError(f"lstat {full}: no such file or directory")
+    return _new(info, FileState(name=os.path.basename(full), contents=snapshots.read_text(full), origin=full))
+
+
+# --- Secret / modules / common ---------------------------------------------------------------
+
+
+@resolves("Secret", "name")
+def _secret_name(s: SecretState, _: graphql.GraphQLResolveInfo) -> str:
+    return s.name
+
+
+@resolves("Secret", "plaintext")
+def _secret_plaintext(s: SecretState, info: graphql.GraphQLResolveInfo) -> str:
+    return _core(info).secret_value(s)
+
+
+@resolves("ModuleSource", "asModule")
+def _as_module(src: ModuleSourceState, info: graphql.GraphQLResolveInfo) -> ModuleState:
+    spec = _core(info).modules[src.ref]
+    return _new(info, ModuleState(ref=src.ref, name=spec.name))
+
+
+@resolves("Module", "name")
+def _module_name(m: ModuleState, _: graphql.GraphQLResolveInfo) -> str:
+    return m.name
+
+
+@resolves("Module", "serve")
+def _serve(m: ModuleState, info: graphql.GraphQLResolveInfo, **_: Any) -> None:
+    core = _core(info)
+    spec = core.modules[m.ref]
+    with core.lock:
+        served = {**core.served, spec.field_name: spec}
+        schema = executable_schema(list(served.values()))
+        core.served, core.schema = served, schema
+
+
+def _id(obj: Node, _: graphql.GraphQLResolveInfo) -> str:
+    return obj.id
+
+
+def _module_field(spec: ModuleSpec) -> Resolver:
+    def resolve(_: None, __: graphql.GraphQLResolveInfo) -> ModuleObject:
+        return ModuleObject(module=spec.name)
+
+    return resolve
+
+
+def _function_field(spec: ModuleSpec, name: str) -> Resolver:
+    fn = spec.functions[name]
+
+    def resolve(_: ModuleObject, __: graphql.GraphQLResolveInfo, **kw: Any) -> Any:
+        try:
+            result = fn.call(**{fn.args[arg][0]: value for arg, value in kw.items()})
+        except Exception as error:  # the function's own failure, as the engine reports it
+            raise graphql.GraphQLError(f"call {spec.name}.{name}: {error}") from None
+        return json.dumps(result) if fn.returns == "JSON" else result
+
+    return resolve
+
+
+def _parse_json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def executable_schema(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
+    """The SDL subset (plus served modules) with every resolver attached."""
+    schema = graphql.build_schema(SDL + "\n" + module_sdl(modules))
+    for (type_name, field_name), fn in RESOLVERS.items():
+        object_type = schema.get_type(type_name)
+        assert isinstance(object_type, graphql.GraphQLObjectType), type_name
+        object_type.fields[field_name].resolve = fn
+    for type_ in schema.type_map.values():
+        if isinstance(type_, graphql.GraphQLObjectType) and "id" in type_.fields:
+            if type_.fields["id"].resolve is None:
+                type_.fields["id"].resolve = _id
+            if "sync" in type_.fields and type_.fields["sync"].resolve is None:
+                type_.fields["sync"].resolve = _id
+        if isinstance(type_, graphql.GraphQLInterfaceType):
+            type_.resolve_type = lambda obj, _info, _type: obj.graphql_type
+    json_scalar = schema.get_type("JSON")
+    assert isinstance(json_scalar, graphql.GraphQLScalarType)
+    # The real engine's JSON scalar travels as a string of JSON text.
+    json_scalar.parse_value = _parse_json
+    json_scalar.parse_literal = lambda node, variables=None: _parse_json(
+        graphql.value_from_ast_untyped(node, variables)
+    )
+    for spec in modules:
+        query = schema.query_type
+        assert query is not None
+        query.fields[spec.field_name].resolve = _module_field(spec)
+        module_type = schema.get_type(spec.type_name)
+        assert isinstance(module_type, graphql.GraphQLObjectType)
+        for name in spec.functions:
+            module_type.fields[name].resolve = _function_field(spec, name)
+    return schema

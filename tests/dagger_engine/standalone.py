@@ -1,0 +1,39 @@
+"""Running an engine in its own process: exec rules from a JSON file, records to a JSON file.
+
+Rules file: a JSON list of ``{"match": [args prefix], "stdout": "", "stderr": "",
+"exit_code": 0, "delay": 0, "files": {}, "times": null}`` (only ``match`` is required).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from tests.dagger_engine.engine import TestEngine
+from tests.dagger_engine.records import ExecOutcome
+
+RULES_ENV = "DAGGER_TEST_ENGINE_RULES"
+RECORD_ENV = "DAGGER_TEST_ENGINE_RECORD"
+
+
+def load_rules(engine: TestEngine, path: str | Path) -> None:
+    for rule in json.loads(Path(path).read_text(encoding="utf-8")):
+        outcome = ExecOutcome(
+            stdout=rule.get("stdout", ""),
+            stderr=rule.get("stderr", ""),
+            exit_code=int(rule.get("exit_code", 0)),
+            delay=float(rule.get("delay", 0.0)),
+            files=dict(rule.get("files", {})),
+        )
+        engine.on_exec(list(rule["match"]), outcome, times=rule.get("times"))
+
+
+def dump_records(engine: TestEngine, path: str | Path) -> None:
+    """The engine's execs and exports, for the test that started the process."""
+    data = {
+        "execs": [dataclasses.asdict(record) for record in engine.execs],
+        "exports": [[host, files] for host, files in engine.exports],
+        "query_errors": [dataclasses.asdict(problem) for problem in engine.query_errors],
+    }
+    Path(path).write_text(json.dumps(data, indent=1), encoding="utf-8")

@@ -1,0 +1,170 @@
+"""The engine's object model: immutable states, each known by an opaque ID.
+
+Every API call that "changes" an object makes a new state pointing at its parent, like the
+real engine's DAG. File contents of a container depend on the execs in its chain, so they are
+computed lazily (``evaluation.py``) and memoized on the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+
+def new_id(kind: str) -> str:
+    # Opaque to clients, like the real engine's (base64 protobuf) IDs.
+    return f"{kind}:{secrets.token_hex(12)}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class Node:
+    graphql_type: ClassVar[str] = "Node"
+    id: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", new_id(self.graphql_type))
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class SecretState(Node):
+    graphql_type: ClassVar[str] = "Secret"
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class CacheVolumeState(Node):
+    graphql_type: ClassVar[str] = "CacheVolume"
+    key: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class DirectoryState(Node):
+    """A directory snapshot: relative path -> text. ``origin`` is the host path it came from."""
+
+    graphql_type: ClassVar[str] = "Directory"
+    files: Mapping[str, str]
+    origin: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class FileState(Node):
+    graphql_type: ClassVar[str] = "File"
+    name: str
+    contents: str
+    origin: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class HostState(Node):
+    graphql_type: ClassVar[str] = "Host"
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ModuleSourceState(Node):
+    graphql_type: ClassVar[str] = "ModuleSource"
+    ref: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ModuleState(Node):
+    graphql_type: ClassVar[str] = "Module"
+    ref: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ModuleObject:
+    """The main object of a served module (``{ <module> { <function>(...) } }``)."""
+
+    module: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mount:
+    """Something mounted at a container path. ``source`` is the snapshot it starts from."""
+
+    kind: str  # host | directory | cache | file | secret
+    label: str  # host path, cache key or secret name ("" for a directory not from the host)
+    source: DirectoryState | FileState | CacheVolumeState | SecretState
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecOp:
+    args: tuple[str, ...]
+    expect: str
+    stdin: str
+    redirect_stdin: str
+    redirect_stdout: str
+    redirect_stderr: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WriteOp:
+    """Files written into the container: container path -> text."""
+
+    files: Mapping[str, str]
+
+
+Op = ExecOp | WriteOp | None
+
+
+class Memo:
+    """Holds a container's evaluation once computed; failures are not kept (the real
+    engine does not cache a failed exec either)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value: Any = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ContainerState(Node):
+    graphql_type: ClassVar[str] = "Container"
+    parent: ContainerState | None = None
+    op: Op = None
+    image: str | None = None
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    workdir: str = "/"
+    user: str = ""
+    entrypoint: tuple[str, ...] = ()
+    default_args: tuple[str, ...] = ()
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    mounts: Mapping[str, Mount] = dataclasses.field(default_factory=dict)
+    secret_env: Mapping[str, SecretState] = dataclasses.field(default_factory=dict)
+    registry_auths: tuple[tuple[str, str, SecretState], ...] = ()
+    memo: Memo = dataclasses.field(init=False, default_factory=Memo, repr=False)
+
+    def derive(self, op: Op = None, **changes: Any) -> ContainerState:
+        """A child state: same configuration with ``changes``, plus ``op`` applied on top."""
+        return dataclasses.replace(self, parent=self, op=op, **changes)
+
+    def has_exec(self) -> bool:
+        state: ContainerState | None = self
+        while state is not None:
+            if isinstance(state.op, ExecOp):
+                return True
+            state = state.parent
+        return False
+
+
+N = TypeVar("N", bound="Node")
+
+
+class Registry:
+    """ID -> state, for ``node(id:)`` and object arguments."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[str, Node] = {}
+
+    def add(self, obj: N) -> N:
+        with self._lock:
+            self._objects[obj.id] = obj
+        return obj
+
+    def get(self, id_: str) -> Node | None:
+        with self._lock:
+            return self._objects.get(id_)

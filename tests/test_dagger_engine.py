@@ -1,0 +1,289 @@
+"""The test engine, driven by the real dagger-io SDK over the real protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dagger
+import gql
+import graphql
+import httpx
+import pytest
+from dagger import dag
+
+from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine, validation
+from tests.dagger_engine.schema import SDL
+
+ENGINE_DIR = Path(__file__).parent / "dagger_engine"
+
+
+@pytest.fixture
+async def connected(dagger_engine: TestEngine) -> AsyncIterator[TestEngine]:
+    """The global ``dag`` connected to the engine, without retries (failures surface at once)."""
+    async with dagger.connection(dagger.Config(retry=None)):
+        yield dagger_engine
+
+
+async def test_chain_with_env_and_exec_returns_stdout(connected: TestEngine) -> None:
+    ctr = (
+        dag.container()
+        .from_("python:3.12-slim")
+        .with_env_variable("GREETING", "hello")
+        .with_workdir("/app")
+        .with_exec(["sh", "-c", "echo $GREETING world"])
+    )
+    assert await ctr.stdout() == "hello world\n"
+    [record] = connected.execs
+    assert record.image == "python:3.12-slim"
+    assert record.args == ["sh", "-c", "echo $GREETING world"]
+    assert record.env == {"GREETING": "hello"}
+    assert record.workdir == "/app"
+    assert record.exit_code == 0
+    assert record.finished_at is not None and record.finished_at >= record.started_at
+
+
+async def test_exec_failure_raises_exec_error_with_its_output(connected: TestEngine) -> None:
+    ctr = dag.container().from_("alpine").with_exec(["sh", "-c", "echo out; echo oops >&2; exit 3"])
+    with pytest.raises(dagger.ExecError) as caught:
+        await ctr.stdout()
+    assert caught.value.exit_code == 3
+    assert caught.value.stdout == "out\n"
+    assert caught.value.stderr == "oops\n"
+    assert caught.value.command == ["sh", "-c", "echo out; echo oops >&2; exit 3"]
+
+
+async def test_expect_any_returns_the_exit_code_and_sync_runs_the_exec_once(connected: TestEngine) -> None:
+    synced = (
+        await dag.container().from_("alpine").with_exec(["sh", "-c", "exit 7"], expect=dagger.ReturnType.ANY).sync()
+    )
+    assert await synced.exit_code() == 7
+    assert await synced.stdout() == ""
+    assert len(connected.execs) == 1  # node(id:) queries reuse the evaluated state
+
+
+async def test_exec_rules_choose_outcomes_latest_first_and_limited_by_times(connected: TestEngine) -> None:
+    connected.on_exec(["make"], ExecOutcome(stdout="built\n"))
+    connected.on_exec(["make", "test"], ExecOutcome(stderr="1 failed\n", exit_code=2), times=1)
+    connected.on_exec(lambda r: r.env.get("MODE") == "dry", lambda r: ExecOutcome(stdout=f"would run {r.args}\n"))
+    base = dag.container().from_("builder")
+
+    assert await base.with_exec(["make", "all"]).stdout() == "built\n"
+    with pytest.raises(dagger.ExecError) as caught:
+        await base.with_exec(["make", "test"]).stdout()
+    assert caught.value.exit_code == 2
+    assert await base.with_exec(["make", "test"]).stdout() == "built\n"  # the limited rule is used up
+    dry = base.with_env_variable("MODE", "dry").with_exec(["deploy"])
+    assert await dry.stdout() == "would run ['deploy']\n"
+
+
+async def test_default_commands_share_files_between_execs(connected: TestEngine) -> None:
+    ctr = (
+        dag.container()
+        .from_("alpine")
+        .with_new_file("/etc/motd", "welcome\n")
+        .with_exec(["sh", "-c", "echo one > /tmp/x && echo two >> /tmp/x"])
+        .with_exec(["cat", "/etc/motd", "/tmp/x"])
+    )
+    assert await ctr.stdout() == "welcome\none\ntwo\n"
+    assert await ctr.file("/tmp/x").contents() == "one\ntwo\n"
+    missing = dag.container().from_("alpine").with_exec(["cat", "/nope"], expect=dagger.ReturnType.ANY)
+    assert await missing.exit_code() == 1
+    assert "No such file" in await missing.stderr()
+
+
+async def test_secrets_reach_the_exec_but_records_hold_only_their_names(connected: TestEngine) -> None:
+    token = dag.set_secret("registry-token", "s3cr3t-value")
+    ctr = (
+        dag.container()
+        .with_registry_auth("registry.example.com", "robot", token)
+        .from_("registry.example.com/app:1")
+        .with_secret_variable("TOKEN", token)
+        .with_exec(["env"])
+    )
+    assert await ctr.stdout() == "TOKEN=***\n"  # the engine scrubs secret values from output
+    [record] = connected.execs
+    assert record.secret_env == {"TOKEN": "registry-token"}
+    assert record.registry_auths == [("registry.example.com", "robot", "registry-token")]
+    assert "s3cr3t-value" not in repr(record)
+    assert connected.secret_plaintext("registry-token") == "s3cr3t-value"
+
+
+async def test_host_directory_is_mounted_and_outputs_export_back(connected: TestEngine, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "data.csv").write_text("a,b\n1,2\n")
+    (source / "sub" / "notes.txt").write_text("note\n")
+    connected.on_exec(["process"], ExecOutcome(stdout="done\n", files={"/out/report.txt": "2 rows\n"}))
+    cache = dag.cache_volume("pip")
+    ctr = (
+        dag.container()
+        .from_("alpine")
+        .with_mounted_directory("/data", dag.host().directory(str(source)))
+        .with_mounted_directory("/out", dag.directory())
+        .with_mounted_cache("/root/.cache", cache)
+        .with_exec(["cat", "/data/sub/notes.txt"])
+        .with_exec(["process", "/data"])
+    )
+    assert await ctr.stdout() == "done\n"
+    assert connected.execs[0].stdout == "note\n"
+    assert connected.execs[1].mounts == {
+        "/data": ("host", str(source)),
+        "/out": ("directory", ""),
+        "/root/.cache": ("cache", "pip"),
+    }
+    target = tmp_path / "exported"
+    assert await ctr.directory("/out").export(str(target)) == str(target)
+    assert (target / "report.txt").read_text() == "2 rows\n"
+    assert connected.exports == [(str(target), {"report.txt": "2 rows\n"})]
+    assert sorted(await ctr.directory("/data").entries()) == ["data.csv", "sub/"]
+
+
+async def test_module_function_is_called_after_serve(dagger_engine: TestEngine) -> None:
+    def greet(name: str, times: int = 1) -> str:
+        return " ".join([f"hello {name}"] * times)
+
+    def describe(task_id: str) -> dict[str, object]:
+        return {"task": task_id, "ok": True}
+
+    dagger_engine.register_module("github.com/acme/greeter@v1", "greeter-tool", {"greet": greet, "describe": describe})
+    async with dagger.connection(dagger.Config(retry=None)) as conn:
+        await dag.module_source("github.com/acme/greeter@v1").as_module().serve()
+        data = await conn.session.execute(gql.gql('{ greeterTool { greet(name: "ada", times: 2) } }'))
+        assert data == {"greeterTool": {"greet": "hello ada hello ada"}}
+        data = await conn.session.execute(gql.gql('{ greeterTool { describe(taskId: "t-1") } }'))
+        assert json.loads(data["greeterTool"]["describe"]) == {"task": "t-1", "ok": True}
+        with pytest.raises(dagger.QueryError):
+            await dag.module_source("github.com/acme/unknown@v1").as_module().serve()
+
+
+async def test_unknown_field_is_rejected_and_recorded_as_a_query_error() -> None:
+    with TestEngine() as engine:
+        query = {"query": "{ container { frobnicate } }"}
+        async with httpx.AsyncClient(auth=(engine.token, "")) as http:
+            response = await http.post(engine.url, json=query)
+        assert response.status_code == 200
+        assert "frobnicate" in response.json()["errors"][0]["message"]
+    if validation.real_schema() is not None:
+        [problem] = engine.query_errors
+        assert "frobnicate" in problem.messages[0]
+
+
+async def test_wrong_token_is_refused_at_connect(dagger_engine: TestEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGGER_SESSION_TOKEN", "not-the-token")
+    with pytest.raises(dagger.ClientConnectionError):
+        async with dagger.Connection(dagger.Config(retry=None)):
+            pass
+
+
+async def test_http_500_fails_a_connect_and_a_query(dagger_engine: TestEngine) -> None:
+    dagger_engine.fail_requests(1, status=500)
+    with pytest.raises(dagger.ClientConnectionError):
+        async with dagger.Connection(dagger.Config(retry=None)):
+            pass
+    async with dagger.Connection(dagger.Config(retry=None)) as client:
+        ctr = client.container().from_("alpine").with_exec(["echo", "hi"])
+        dagger_engine.fail_requests(1, status=503)
+        with pytest.raises(dagger.TransportError):
+            await ctr.stdout()
+        assert await ctr.stdout() == "hi\n"  # the next request is served again
+    assert len(dagger_engine.execs) == 1  # the failed request never reached an exec
+
+
+async def test_refused_connections_and_recovery_on_the_same_port(dagger_engine: TestEngine) -> None:
+    port = dagger_engine.port
+    async with dagger.Connection(dagger.Config(retry=None)) as client:
+        ctr = client.container().from_("alpine").with_exec(["echo", "hi"])
+        dagger_engine.refuse()
+        with pytest.raises(dagger.TransportError):
+            await ctr.stdout()
+        dagger_engine.accept()
+        assert dagger_engine.port == port
+        assert await ctr.stdout() == "hi\n"
+    dagger_engine.refuse()
+    with pytest.raises(dagger.ClientConnectionError):
+        async with dagger.Connection(dagger.Config(retry=None)):
+            pass
+    dagger_engine.accept()
+
+
+async def test_slow_engine_hits_the_execute_timeout(dagger_engine: TestEngine) -> None:
+    async with dagger.Connection(dagger.Config(retry=None, execute_timeout=0.5)) as client:
+        dagger_engine.delay_requests(5)
+        with pytest.raises(dagger.TransportError):
+            await client.container().from_("alpine").with_exec(["true"]).sync()
+        dagger_engine.delay_requests(0)
+
+
+async def test_parallel_execs_are_counted_while_they_overlap(connected: TestEngine) -> None:
+    engine = connected
+
+    def wait_for_all_three(record: ExecRecord) -> ExecOutcome:
+        # Each exec holds until all three run at once: proves the engine serves them concurrently.
+        engine.wait_until(lambda: engine.max_concurrent_execs >= 3, timeout=10)
+        return ExecOutcome(stdout=record.args[1] + "\n")
+
+    engine.on_exec(["job"], wait_for_all_three)
+    base = dag.container().from_("alpine")
+    outputs = await asyncio.gather(*(base.with_exec(["job", str(i)]).stdout() for i in range(3)))
+    assert sorted(outputs) == ["0\n", "1\n", "2\n"]
+    assert engine.max_concurrent_execs == 3
+    assert engine.current_execs == 0
+
+
+async def test_cli_bin_startup_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"match": ["build"], "stdout": "built by cli engine\n"}]))
+    record = tmp_path / "record.json"
+    monkeypatch.delenv("DAGGER_SESSION_PORT", raising=False)
+    monkeypatch.delenv("DAGGER_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("_EXPERIMENTAL_DAGGER_CLI_BIN", str(ENGINE_DIR / "cli.py"))
+    monkeypatch.setenv("DAGGER_TEST_ENGINE_RULES", str(rules))
+    monkeypatch.setenv("DAGGER_TEST_ENGINE_RECORD", str(record))
+    # The script's "#!/usr/bin/env python3" must find this interpreter (it has graphql-core).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    async with dagger.connection(dagger.Config(retry=None)):
+        assert await dag.container().from_("alpine").with_exec(["build"]).stdout() == "built by cli engine\n"
+    recorded = json.loads(record.read_text())  # written when the SDK closed the session
+    assert [e["args"] for e in recorded["execs"]] == [["build"]]
+    assert recorded["query_errors"] == []
+
+
+@pytest.mark.skipif(validation.real_schema_path() is None, reason="the real v0.21.8 schema is not available")
+def test_schema_subset_matches_the_real_schema() -> None:
+    real = validation.real_schema()
+    ours = graphql.build_schema(SDL)
+    assert real is not None
+    for name, type_ in ours.type_map.items():
+        if name.startswith("__"):
+            continue
+        assert name in real.type_map, name
+        real_type = real.type_map[name]
+        if isinstance(type_, graphql.GraphQLEnumType):
+            assert isinstance(real_type, graphql.GraphQLEnumType)
+            assert set(type_.values) <= set(real_type.values), name
+        if isinstance(type_, graphql.GraphQLObjectType | graphql.GraphQLInterfaceType):
+            assert isinstance(real_type, graphql.GraphQLObjectType | graphql.GraphQLInterfaceType)
+            for field_name, field in type_.fields.items():
+                real_field = real_type.fields.get(field_name)
+                assert real_field is not None, f"{name}.{field_name}"
+                assert str(field.type) == str(real_field.type), f"{name}.{field_name}"
+                assert set(field.args) == set(real_field.args), f"{name}.{field_name} arguments"
+                for arg_name, arg in field.args.items():
+                    real_arg = real_field.args[arg_name]
+                    assert str(arg.type) == str(real_arg.type), f"{name}.{field_name}({arg_name})"
+                    assert graphql.print_ast(arg.ast_node) == graphql.print_ast(_without_docs(real_arg.ast_node)), (
+                        f"{name}.{field_name}({arg_name}) default"
+                    )
+
+
+def _without_docs(node: graphql.InputValueDefinitionNode | None) -> graphql.InputValueDefinitionNode | None:
+    if node is None:
+        return None
+    return graphql.InputValueDefinitionNode(
+        name=node.name, type=node.type, default_value=node.default_value, directives=()
+    )
