@@ -69,7 +69,7 @@ class Ledger:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str, lease_seconds: float, outcome_ttl_seconds: float) -> Ledger:
-        client = valkey.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+        client = valkey.from_url(url, socket_timeout=10, socket_connect_timeout=10)  # type: ignore[no-untyped-call]
         return cls(client, namespace=namespace, lease_seconds=lease_seconds, outcome_ttl_seconds=outcome_ttl_seconds)
 
     async def ping(self) -> None:

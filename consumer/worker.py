@@ -1,0 +1,780 @@
+"""The worker: consume execution commands from RabbitMQ and run each through ``DaggerAdapter``.
+
+Lifecycle, top to bottom (``Worker.run``):
+
+1. **start-up** — connect (aio-pika *robust* connection: it reconnects on its own and its robust
+   channels re-declare the topology and re-start the consumer), declare the topology, initialise the
+   adapter and the Valkey ledger, start the worker heartbeat, start consuming the tasks queue with
+   manual ack and ``prefetch_count = max_concurrent_executions``.
+2. **run** — each delivery is handled in a task of its own (``_handle``) until SIGTERM/SIGINT. While
+   the engine's circuit breaker is open the worker stops consuming and probes the engine; it resumes
+   after a probe succeeds.
+3. **drain** — stop consuming; in-flight executions get ``drain_timeout_seconds`` to finish and be
+   settled; executions still running then are cancelled and their commands requeued (nothing of them
+   is published).
+4. **shutdown** — stop the heartbeat, close the adapter, the ledger and the connection.
+
+Per message (``_handle``): decode and validate -> ``received`` -> answered from the ledger when the
+task already finished -> lease (a task running elsewhere is postponed, not started twice) ->
+``running`` (+ periodic ``heartbeat``) -> one attempt through the adapter -> routed: success or a
+final failure is recorded in the ledger, published (dead letter, result, reply) and only then acked;
+a retryable failure goes to a delayed retry queue carrying the attempt count. Every publish is
+confirmed by the broker; a message is acked only after its outcome is out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import aiormq
+import msgspec
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from consumer.config import DaggerAdapterConfig, redact_url, topology_for
+from consumer.ledger import Ledger, StoredOutcome
+from consumer.logs import task_context, worker_id_var
+from schemas import (
+    DeadLetterHeaders,
+    ErrorCategory,
+    ExecutionCommand,
+    ExecutionResult,
+    InvalidMessage,
+    StatusEvent,
+    TaskState,
+    WorkerHeartbeat,
+    decode_command,
+    encode,
+    utcnow,
+)
+from schemas import headers as h
+from topology import DeclaredTopology, declare
+from topology.spec import RETRY_ROUTING_PREFIX
+
+if TYPE_CHECKING:
+    from consumer.adapter import DaggerAdapter
+
+log = logging.getLogger("dagger_adapter.worker")
+
+CONTENT_TYPE = "application/json"
+# How long a publish waits for the broker to come back (robust reconnect) before giving up; the
+# message is then not acked and comes back to a worker later.
+PUBLISH_PATIENCE_SECONDS = 60.0
+STATUS_PATIENCE_SECONDS = 10.0
+# After the drain timeout, how long cancelled executions get to requeue their commands.
+SETTLE_GRACE_SECONDS = 10.0
+# A transient infrastructure error (Valkey, broker) while handling a message: wait this long
+# before requeueing it, so that an outage does not spin messages through the queue.
+REQUEUE_BACKOFF_SECONDS = 1.0
+# The shortest wait before a postponed command (task leased elsewhere, circuit open) is looked at again.
+MIN_POSTPONE_SECONDS = 0.2
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    aiormq.exceptions.ChannelInvalidStateError,  # the channel is closed (reconnecting)
+)
+
+
+class BrokerUnreachable(RuntimeError):
+    """RabbitMQ could not be reached (or refused us) at start-up."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the worker reads from an incoming message besides its body."""
+
+    message: AbstractIncomingMessage
+    attempts_before: int  # attempts already made (``x-attempts``; 0 for a fresh command)
+    message_id: str | None
+    replay_id: str | None
+
+    @classmethod
+    def of(cls, message: AbstractIncomingMessage) -> Delivery:
+        headers = message.headers or {}
+        raw_attempts = headers.get(h.ATTEMPTS)
+        attempts = raw_attempts if isinstance(raw_attempts, int) and raw_attempts > 0 else 0
+        replay = headers.get(h.REPLAY_ID)
+        return cls(
+            message=message,
+            attempts_before=attempts,
+            message_id=message.message_id,
+            replay_id=replay.decode() if isinstance(replay, bytes) else (str(replay) if replay else None),
+        )
+
+    @property
+    def attempt(self) -> int:
+        """The number of the attempt this delivery is (1-based)."""
+        return self.attempts_before + 1
+
+    @property
+    def original_routing_key(self) -> str:
+        return self.message.routing_key or ""
+
+
+class Worker:
+    def __init__(self, config: DaggerAdapterConfig, adapter: DaggerAdapter | None = None) -> None:
+        self.config = config
+        self.spec = topology_for(config)
+        if adapter is None:
+            from consumer.adapter import DaggerAdapter
+
+            adapter = DaggerAdapter(config)
+        self.adapter = adapter
+        self.worker_id = config.worker_id
+        self.capacity = config.max_concurrent_executions
+
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(self.capacity)  # executions in flight, across reconnects too
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._executions: set[asyncio.Task[ExecutionResult]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._circuit_changed = asyncio.Event()
+        self._consumer_tag: str | None = None
+        self._consume_lock = asyncio.Lock()
+
+        self._connection: AbstractRobustConnection | None = None
+        self._topology: DeclaredTopology | None = None
+        self._consume_channel: AbstractRobustChannel | None = None
+        self._reply_channel: AbstractRobustChannel | None = None
+        self._queue: AbstractRobustQueue | None = None
+        self._ledger: Ledger | None = None
+
+    # ================================================================ lifecycle
+
+    async def run(self) -> None:
+        """Start, consume until ``request_stop``, drain, shut down."""
+        try:
+            await self.startup()
+            await self._stop_requested.wait()
+            await self.drain()
+        finally:
+            await self.shutdown()
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (the SIGTERM/SIGINT handler calls this)."""
+        if not self._stop_requested.is_set():
+            log.info("stop requested: no new commands; draining in-flight executions")
+        self._stop_requested.set()
+
+    async def startup(self) -> None:
+        worker_id_var.set(self.worker_id)
+        self._warn_about_consumer_timeout()
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self.config.amqp_url, timeout=10, fail_fast=True, reconnect_interval=1
+            )
+        except aiormq.exceptions.ProbableAuthenticationError:
+            raise BrokerUnreachable(f"RabbitMQ at {redact_url(self.config.amqp_url)} refused the credentials") from None
+        except BROKER_ERRORS as exc:
+            raise BrokerUnreachable(
+                f"cannot reach RabbitMQ at {redact_url(self.config.amqp_url)}: {exc or type(exc).__name__}"
+            ) from None
+        # Declared on robust channels: after a reconnect they re-declare all of it themselves.
+        self._topology = await declare(self._connection, self.spec)
+        self._consume_channel = await self._connection.channel()
+        await self._consume_channel.set_qos(prefetch_count=self.capacity)
+        tasks_queue = next(q for q in self.spec.queues if q.name == self.spec.tasks_queue)
+        self._queue = await self._consume_channel.declare_queue(
+            tasks_queue.name, durable=True, arguments=tasks_queue.arguments
+        )
+        # Replies go through the default exchange, on a confirming channel of their own.
+        self._reply_channel = await self._connection.channel()
+
+        await self.adapter.initialize()
+        valkey_url = self.adapter.valkey_url or self.config.valkey_url
+        if valkey_url is None:
+            raise RuntimeError(
+                "the worker needs Valkey for its idempotency ledger: set valkey_url, or enable caching "
+                "(caching_enabled) so that an embedded Valkey is started"
+            )
+        self._ledger = Ledger.from_url(
+            valkey_url,
+            namespace=self.spec.prefix,
+            lease_seconds=self.config.lease_seconds,
+            outcome_ttl_seconds=max(self.config.cache_ttl_seconds, 86400),
+        )
+        await self._ledger.ping()
+        self.adapter.add_circuit_listener(self._on_circuit_change)
+
+        await self._start_consuming()
+        self._background = [
+            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
+            asyncio.create_task(self._follow_circuit(), name="circuit-follower"),
+        ]
+        log.info(
+            "worker consuming",
+            extra={
+                "queue": self.spec.tasks_queue,
+                "prefetch": self.capacity,
+                "amqp_url": redact_url(self.config.amqp_url),
+            },
+        )
+
+    async def drain(self) -> None:
+        self._stopping = True
+        await self._stop_consuming()
+        pending = set(self._handlers)
+        if pending:
+            log.info(
+                "draining %d in-flight command(s)", len(pending), extra={"timeout": self.config.drain_timeout_seconds}
+            )
+            _, pending = await asyncio.wait(pending, timeout=self.config.drain_timeout_seconds)
+        if pending:
+            log.warning("drain timeout: cancelling %d execution(s); their commands go back to the queue", len(pending))
+            for execution in list(self._executions):
+                execution.cancel()
+            _, pending = await asyncio.wait(pending, timeout=SETTLE_GRACE_SECONDS)
+            for handler in pending:  # stuck on the broker: its message is returned when we disconnect
+                handler.cancel()
+        log.info("drained")
+
+    async def shutdown(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for handler in list(self._handlers):
+            handler.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.adapter.close(), timeout=30)
+        if self._ledger is not None:
+            with contextlib.suppress(Exception):
+                await self._ledger.close()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        log.info("worker stopped")
+
+    def _warn_about_consumer_timeout(self) -> None:
+        if self.config.timeout_seconds > self.config.broker_consumer_timeout_seconds:
+            log.warning(
+                "timeout_seconds (%.0f s) exceeds RabbitMQ's consumer_timeout (%.0f s): the broker closes the "
+                "channel of an execution that runs longer and redelivers its command. Raise consumer_timeout "
+                "on the broker (see deploy/rabbitmq/rabbitmq.conf) and set "
+                "DAGGER_ADAPTER_BROKER_CONSUMER_TIMEOUT_SECONDS to match.",
+                self.config.timeout_seconds,
+                self.config.broker_consumer_timeout_seconds,
+            )
+
+    # ================================================================ consuming on and off
+
+    async def _start_consuming(self) -> None:
+        async with self._consume_lock:
+            if self._consumer_tag is None and not self._stopping and self._queue is not None:
+                self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def _stop_consuming(self) -> None:
+        async with self._consume_lock:
+            tag, self._consumer_tag = self._consumer_tag, None
+            if tag is not None and self._queue is not None:
+                try:
+                    await self._queue.cancel(tag)
+                except BROKER_ERRORS as exc:  # gone with the channel; robust restore skips it now
+                    log.info("consumer cancel did not reach the broker: %s", exc)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # A task of our own, not aiormq's: aiormq cancels its tasks when the channel closes, and an
+        # execution must outlive a broker reconnect.
+        handler = asyncio.create_task(self._handle(message))
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+
+    # ================================================================ engine circuit breaker
+
+    def _on_circuit_change(self, state: str) -> None:
+        log.info("engine circuit %s", state)
+        self._circuit_changed.set()
+
+    async def _follow_circuit(self) -> None:
+        """Circuit open: stop consuming (commands stay queued) and probe the engine; resume after a
+        successful probe."""
+        while not self._stopping:
+            await self._circuit_changed.wait()
+            self._circuit_changed.clear()
+            if self.adapter.circuit_state != "open" or self._stopping:
+                continue
+            await self._stop_consuming()
+            log.warning("engine unavailable: stopped consuming until a probe succeeds")
+            while not self._stopping:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), timeout=self.config.breaker_reset_seconds)
+                if self._stopping or self._stop_requested.is_set():
+                    return
+                try:
+                    recovered = await self.adapter.probe()
+                except Exception as exc:
+                    log.info("engine probe failed: %s", exc)
+                    recovered = False
+                if recovered:
+                    break
+            await self._resume_consuming()
+            log.info("engine available again: consuming")
+
+    async def _resume_consuming(self) -> None:
+        # The broker may be reconnecting right now: keep trying until it takes the consumer.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(BROKER_ERRORS), wait=wait_exponential(multiplier=0.2, max=5), reraise=True
+        ):
+            with attempt:
+                await self._start_consuming()
+
+    # ================================================================ heartbeat
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self._publish_heartbeat()
+            await asyncio.sleep(self.config.heartbeat_interval_seconds)
+
+    async def _publish_heartbeat(self) -> None:
+        status = self.adapter.get_status()
+        beat = WorkerHeartbeat(
+            worker_id=self.worker_id,
+            ready=status.ready and self._consumer_tag is not None and not self._stopping,
+            current_load=status.current_load,
+            capacity=status.capacity,
+            version=status.version,
+            circuit=status.circuit,
+        )
+        try:
+            await self._publish(
+                self._exchanges.status,
+                self.spec.heartbeat_routing_key,
+                self._message(encode(beat)),
+                patience=0,
+            )
+        except Exception as exc:
+            log.info("heartbeat not published: %s", exc)
+
+    # ================================================================ one message
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        delivery = Delivery.of(message)
+        with task_context(None, delivery.attempt):
+            try:
+                await self._process(delivery)
+            except Exception:
+                log.exception("could not handle a command; it goes back to the queue")
+                await asyncio.sleep(REQUEUE_BACKOFF_SECONDS)
+                await self._settle(delivery, requeue=True)
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            command, params = decode_command(delivery.message.body)
+        except InvalidMessage as exc:
+            await self._reject_invalid(delivery, exc)
+            return
+        # Every log line from here on names the task.
+        with task_context(command.task_id, delivery.attempt):
+            await self._status(command, TaskState.RECEIVED, delivery.attempt)
+            if await self._answer_from_ledger(delivery, command):
+                return
+            if self._stopping:
+                await self._settle(delivery, requeue=True)
+                return
+            async with self._slots:
+                if self._stopping:
+                    await self._settle(delivery, requeue=True)
+                    return
+                lease = await self._require_ledger().try_lease(command.task_id, self.worker_id)
+                if lease is None:
+                    await self._postpone_leased(delivery, command)
+                    return
+                async with lease:
+                    # Finished by someone else between our first look and our lease?
+                    if await self._answer_from_ledger(delivery, command):
+                        return
+                    if self.adapter.circuit_state == "open":
+                        await self._postpone_open_circuit(delivery, command)
+                        return
+                    result = await self._execute(command, delivery)
+                    if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
+                        await self._settle(delivery, requeue=True)
+                        return
+                    await self._route(delivery, command, result, enable_retry=params.enable_retry)
+
+    async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
+        """One attempt through the adapter, with ``heartbeat`` status events while it runs.
+        None when the drain cancelled it."""
+        await self._status(command, TaskState.RUNNING, delivery.attempt)
+        execution = asyncio.create_task(
+            self.adapter.execute(command, attempt=delivery.attempt, in_process_retries=False)
+        )
+        self._executions.add(execution)
+        beats = asyncio.create_task(self._task_heartbeats(command, delivery.attempt))
+        started = time.monotonic()
+        try:
+            result = await execution
+        except asyncio.CancelledError:
+            if execution.cancelled() and not _is_being_cancelled():
+                log.warning("execution cancelled by the drain timeout; the command is requeued")
+                return None
+            raise
+        finally:
+            self._executions.discard(execution)
+            beats.cancel()
+        log.info(
+            "execution finished",
+            extra={
+                "success": result.success,
+                "error_category": result.error_category.value if result.error_category else None,
+                "duration_s": round(time.monotonic() - started, 3),
+            },
+        )
+        return msgspec.structs.replace(
+            result,
+            attempts=delivery.attempt,
+            worker_id=self.worker_id,
+            execution_type=command.execution_type,
+        )
+
+    async def _task_heartbeats(self, command: ExecutionCommand, attempt: int) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_seconds)
+            await self._status(command, TaskState.HEARTBEAT, attempt)
+
+    async def _route(
+        self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult, *, enable_retry: bool
+    ) -> None:
+        if result.success:
+            await self._finish(delivery, command, result)
+            return
+        if _failed_fast_on_open_circuit(result):
+            # The engine was never tried: not an attempt.
+            await self._postpone_open_circuit(delivery, command)
+            return
+        policy = self.adapter.retry_policy
+        category = result.error_category or ErrorCategory.PERMANENT
+        if enable_retry and policy.is_retryable(category):
+            if delivery.attempt <= policy.max_retries:
+                await self._retry(delivery, command, result)
+                return
+            result = msgspec.structs.replace(
+                result, error=f"{result.error} (gave up after {delivery.attempt} attempts)"
+            )
+        await self._finish(delivery, command, result)
+
+    # ================================================================ outcomes
+
+    async def _finish(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
+        """A final outcome: recorded (so a copy of the command is answered, not run again), published,
+        then acked."""
+        outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
+        ledger = self._require_ledger()
+        await ledger.record(outcome)
+        await self._publish_outcome(delivery, command, outcome)
+        await ledger.mark_published(outcome)
+        await self._settle(delivery)
+
+    async def _publish_outcome(self, delivery: Delivery, command: ExecutionCommand, outcome: StoredOutcome) -> None:
+        result = outcome.result
+        if not result.success:
+            category = result.error_category or ErrorCategory.PERMANENT
+            await self._dead_letter(
+                delivery,
+                DeadLetterHeaders(
+                    error_category=category,
+                    error=result.error or "failed",
+                    attempts=result.attempts,
+                    task_id=command.task_id,
+                    dead_lettered_at=utcnow(),
+                    worker_id=self.worker_id,
+                ),
+                routing_key=self._dead_letter_routing_key(delivery, command.execution_type.value),
+            )
+        await self._publish_result(result, command.execution_type.value, command.reply_to, command.correlation_id)
+        if result.success:
+            await self._status(command, TaskState.SUCCEEDED, result.attempts)
+        else:
+            await self._status(command, TaskState.FAILED, result.attempts, detail=result.error)
+            await self._status(command, TaskState.DEAD_LETTERED, result.attempts, detail=result.error)
+        log.info("outcome published", extra={"outcome": result.outcome.value})
+
+    async def _answer_from_ledger(self, delivery: Delivery, command: ExecutionCommand) -> bool:
+        """True when the task already has an outcome and this delivery is settled from it."""
+        stored = await self._require_ledger().outcome(command.task_id)
+        if stored is None:
+            return False
+        if not stored.result.success and delivery.replay_id is not None and delivery.replay_id != stored.replay_id:
+            log.info("replay of a failed task: running it again")
+            return False
+        same_message = delivery.message_id is not None and delivery.message_id == stored.message_id
+        if same_message and stored.published:
+            log.info("redelivered command whose outcome was already published; acking it")
+        elif same_message:
+            # We recorded it but did not get to publish it (crash, broker restart): finish the job.
+            await self._publish_outcome(delivery, command, stored)
+            await self._require_ledger().mark_published(stored)
+        else:
+            log.info("duplicate of a finished task: republishing its stored result")
+            await self._publish_result(
+                stored.result, command.execution_type.value, command.reply_to, command.correlation_id
+            )
+        await self._settle(delivery)
+        return True
+
+    async def _reject_invalid(self, delivery: Delivery, exc: InvalidMessage) -> None:
+        """Not a command we can run (not JSON, wrong types, unknown type): dead-letter it with the
+        reason, and answer its task (when it has a readable task id) with a failure result."""
+        task_id = exc.task_id
+        with task_context(task_id, delivery.attempt):
+            log.warning("invalid command dead-lettered: %s", exc)
+            peek = _peek(delivery.message.body)
+            execution_type = _text_field(peek, "execution_type") or "unknown"
+            await self._dead_letter(
+                delivery,
+                DeadLetterHeaders(
+                    error_category=ErrorCategory.INVALID,
+                    error=str(exc),
+                    attempts=delivery.attempts_before,
+                    task_id=task_id,
+                    dead_lettered_at=utcnow(),
+                    worker_id=self.worker_id,
+                ),
+                routing_key=delivery.original_routing_key,
+            )
+            if task_id is not None:
+                now = utcnow()
+                result = ExecutionResult(
+                    task_id=task_id,
+                    success=False,
+                    error=str(exc),
+                    error_category=ErrorCategory.INVALID,
+                    attempts=delivery.attempts_before,
+                    worker_id=self.worker_id,
+                    started_at=now,
+                    finished_at=now,
+                )
+                await self._publish_result(
+                    result, execution_type, _text_field(peek, "reply_to"), _text_field(peek, "correlation_id")
+                )
+                await self._status_event(
+                    StatusEvent(
+                        task_id=task_id,
+                        state=TaskState.DEAD_LETTERED,
+                        attempt=delivery.attempts_before,
+                        worker_id=self.worker_id,
+                        detail=str(exc),
+                    )
+                )
+            await self._settle(delivery)
+
+    # ================================================================ retries and postponing
+
+    async def _retry(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
+        delay = self.adapter.retry_policy.delay_for(delivery.attempt)
+        await self._send_to_retry(delivery, delay, attempts=delivery.attempt)
+        await self._status(
+            command,
+            TaskState.RETRYING,
+            delivery.attempt,
+            detail=f"{result.error_category.value if result.error_category else 'failed'}: {result.error}; "
+            f"retry {delivery.attempt} of {self.adapter.retry_policy.max_retries} in {delay:.1f} s",
+        )
+        log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": result.error})
+        await self._settle(delivery)
+
+    async def _postpone_leased(self, delivery: Delivery, command: ExecutionCommand) -> None:
+        """The task runs on a worker holding its lease: look again when that lease could have run out."""
+        ledger = self._require_ledger()
+        delay = max(MIN_POSTPONE_SECONDS, await ledger.lease_remaining(command.task_id))
+        log.info("task is running elsewhere; postponed", extra={"holder": await ledger.lease_holder(command.task_id)})
+        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+        await self._settle(delivery)
+
+    async def _postpone_open_circuit(self, delivery: Delivery, command: ExecutionCommand) -> None:
+        delay = max(MIN_POSTPONE_SECONDS, self.config.breaker_reset_seconds)
+        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+        await self._status(
+            command, TaskState.RETRYING, delivery.attempt, detail="engine unavailable (circuit open); not an attempt"
+        )
+        await self._settle(delivery)
+
+    async def _send_to_retry(self, delivery: Delivery, delay: float, *, attempts: int) -> None:
+        """Back to the tasks queue after ``delay`` seconds, through the smallest retry tier that
+        covers it; the message's own expiration is the exact delay."""
+        tier = self.spec.retry_tier_for(delay)
+        original = delivery.message
+        headers = dict(original.headers or {})
+        headers[h.ATTEMPTS] = attempts
+        message = aio_pika.Message(
+            original.body,
+            headers=headers,
+            content_type=original.content_type or CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=original.message_id,
+            correlation_id=original.correlation_id,
+            reply_to=original.reply_to,
+            expiration=max(0.001, min(delay, tier.delay_ms / 1000)),
+        )
+        await self._publish(self._exchanges.retry, tier.routing_key, message)
+
+    # ================================================================ publishing
+
+    @property
+    def _exchanges(self) -> DeclaredTopology:
+        if self._topology is None:
+            raise RuntimeError("the worker has not started")
+        return self._topology
+
+    @property
+    def _reply_exchange(self) -> AbstractExchange:
+        if self._reply_channel is None:
+            raise RuntimeError("the worker has not started")
+        return self._reply_channel.default_exchange
+
+    def _require_ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("the worker has not started")
+        return self._ledger
+
+    @staticmethod
+    def _message(body: bytes, **properties: Any) -> aio_pika.Message:
+        return aio_pika.Message(
+            body, content_type=CONTENT_TYPE, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **properties
+        )
+
+    async def _publish(
+        self,
+        exchange: AbstractExchange,
+        routing_key: str,
+        message: aio_pika.Message,
+        *,
+        mandatory: bool = False,
+        patience: float = PUBLISH_PATIENCE_SECONDS,
+    ) -> Any:
+        """Publish and wait for the broker's confirm. While the connection is down, wait for the
+        robust connection to come back (up to ``patience`` seconds) and publish again."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(BROKER_ERRORS),
+            wait=wait_exponential(multiplier=0.2, max=2),
+            stop=stop_after_delay(patience),
+            reraise=True,
+        ):
+            with attempt:
+                return await exchange.publish(message, routing_key, mandatory=mandatory, timeout=10)
+        return None  # pragma: no cover - AsyncRetrying either returns or raises
+
+    async def _publish_result(
+        self, result: ExecutionResult, execution_type: str, reply_to: str | None, correlation_id: str | None
+    ) -> None:
+        body = encode(result)
+        correlation = correlation_id or result.task_id
+        headers = {h.TASK_ID: result.task_id}
+        await self._publish(
+            self._exchanges.results,
+            self.spec.result_routing_key(execution_type, result.outcome.value),
+            self._message(body, correlation_id=correlation, headers=headers),
+        )
+        if reply_to:
+            returned = await self._publish(
+                self._reply_exchange,
+                reply_to,
+                self._message(body, correlation_id=correlation, headers=headers),
+                mandatory=True,
+            )
+            if isinstance(returned, aiormq.abc.DeliveredMessage):
+                log.warning("reply not delivered: no queue %r (the caller is gone)", reply_to)
+
+    async def _dead_letter(self, delivery: Delivery, why: DeadLetterHeaders, *, routing_key: str) -> None:
+        original = delivery.message
+        await self._publish(
+            self._exchanges.dead,
+            routing_key,
+            aio_pika.Message(
+                original.body,
+                headers=why.to_headers(),
+                content_type=original.content_type or CONTENT_TYPE,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=original.message_id or uuid.uuid4().hex,
+                correlation_id=original.correlation_id,
+                reply_to=original.reply_to,
+            ),
+        )
+
+    def _dead_letter_routing_key(self, delivery: Delivery, execution_type: str) -> str:
+        # A retried command re-enters the tasks exchange as `retry.<tier>`; its original key was its type.
+        key = delivery.original_routing_key
+        return execution_type if not key or key.startswith(RETRY_ROUTING_PREFIX + ".") else key
+
+    async def _status(
+        self, command: ExecutionCommand, state: TaskState, attempt: int, *, detail: str | None = None
+    ) -> None:
+        await self._status_event(
+            StatusEvent(task_id=command.task_id, state=state, attempt=attempt, worker_id=self.worker_id, detail=detail)
+        )
+
+    async def _status_event(self, event: StatusEvent) -> None:
+        """Status events are informational: one that cannot be published is logged, never fatal."""
+        try:
+            await self._publish(
+                self._exchanges.status,
+                self.spec.status_routing_key(event.state.value),
+                self._message(encode(event), headers={h.TASK_ID: event.task_id}),
+                patience=STATUS_PATIENCE_SECONDS,
+            )
+        except BROKER_ERRORS as exc:
+            log.warning("status event %s not published: %s", event.state.value, exc)
+
+    async def _settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
+        """Ack (or requeue) on the channel the message came from. When that channel died with a
+        reconnect, the broker has already requeued the message; its copy is answered from the ledger."""
+        message = delivery.message
+        if message.processed:
+            return
+        try:
+            if requeue:
+                await message.nack(requeue=True)
+            else:
+                await message.ack()
+        except BROKER_ERRORS as exc:
+            log.info("could not settle the message on its (closed) channel; the broker redelivers it: %s", exc)
+
+
+# ==================================================================== helpers
+
+
+def _is_being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _failed_fast_on_open_circuit(result: ExecutionResult) -> bool:
+    """The adapter refused to call the engine because its circuit is open."""
+    if result.error_category != ErrorCategory.TRANSIENT:
+        return False
+    detail = result.result
+    if isinstance(detail, dict) and detail.get("circuit") == "open":
+        return True
+    error = result.error or ""
+    return "circuit: open" in error or "circuit breaker is open" in error
+
+
+def _peek(body: bytes) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _text_field(peek: dict[str, Any], name: str) -> str | None:
+    value = peek.get(name)
+    return value if isinstance(value, str) and value and len(value) <= 255 and value.isprintable() else None

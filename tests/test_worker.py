@@ -1,0 +1,360 @@
+"""The worker against real RabbitMQ, real Valkey and the test engine (through the real SDK).
+
+Each test runs ``Worker`` in this process (configured from ``DAGGER_ADAPTER_*`` settings like
+the CLI does) on a topology of its own, publishes commands like a client, and waits on what
+comes out: results, status events, dead letters, queue depths, execs seen by the engine.
+Process-level behaviour (SIGTERM, SIGKILL, the CLI) is in ``test_worker_process.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from consumer.config import load_config
+from consumer.ledger import Ledger
+from consumer.worker import Worker
+from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, ExecutionType, decode
+from schemas import headers as h
+from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
+from tests.support.worker_process import (
+    Observer,
+    drain_queue,
+    publish_command,
+    publish_raw,
+    wait_until,
+    worker_settings,
+)
+from topology import Topology, declare, queue_depths
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+def command(task_id: str, *args: str, **fields: Any) -> ExecutionCommand:
+    return ExecutionCommand(
+        task_id=task_id,
+        execution_type=ExecutionType.CONTAINERIZED_WORKFLOW,
+        parameters={"container_image": "alpine:3.20", "command": list(args) or ["echo", task_id]},
+        **fields,
+    )
+
+
+@pytest.fixture
+async def observer(amqp: AbstractRobustConnection, topology_spec: Topology) -> Observer:
+    await declare(amqp, topology_spec)
+    return await Observer(amqp, topology_spec).start()
+
+
+@pytest.fixture
+async def channel(amqp: AbstractRobustConnection) -> AbstractChannel:
+    return await amqp.channel()
+
+
+@pytest.fixture
+async def start_worker(
+    amqp_url: str,
+    valkey_url: str,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    observer: Observer,
+    tmp_path: Path,
+) -> AsyncIterator[StartWorker]:
+    """Start a worker in this process (config from ``DAGGER_ADAPTER_*`` settings, overrides
+    as keyword arguments) and wait until it consumes; stopped (drained) at teardown."""
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> Worker:
+        settings = worker_settings(
+            amqp_url=amqp_url,
+            valkey_url=valkey_url,
+            spec=topology_spec,
+            work_dir=tmp_path,
+            engine_env=dagger_engine.session_env(),
+            **overrides,
+        )
+        worker = Worker(load_config(env=settings))
+        task = asyncio.create_task(worker.run())
+        running.append((worker, task))
+        ready = asyncio.create_task(observer.wait_ready(worker.worker_id))
+        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()  # raises the start-up error
+        await ready
+        return worker
+
+    yield start
+    for worker, _ in running:
+        worker.request_stop()
+    for _, task in running:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 30)
+
+
+async def dead_letters(channel: AbstractChannel, spec: Topology) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    return await drain_queue(channel, spec.dead_queue)
+
+
+async def settle(observer: Observer, worker: Worker, beats: int = 3) -> None:
+    """Let ``worker`` go round a few more heartbeats (so a duplicate would have shown up)."""
+    await observer.wait_heartbeats(beats, 15, lambda b: b.worker_id == worker.worker_id)
+
+
+async def ledger_outcome(valkey_url: str, spec: Topology, task_id: str) -> Any:
+    ledger = Ledger.from_url(valkey_url, namespace=spec.prefix, lease_seconds=1, outcome_ttl_seconds=60)
+    try:
+        return await ledger.outcome(task_id)
+    finally:
+        await ledger.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_n_commands_in_n_results_out_with_bounded_concurrency(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    amqp: AbstractRobustConnection,
+    valkey_url: str,
+) -> None:
+    concurrency, n = 3, 12
+    worker = await start_worker(max_concurrent_executions=concurrency)
+
+    # Each exec holds its slot until the engine has seen `concurrency` of them at once (or a
+    # deadline passes), so reaching the maximum does not depend on timing.
+    def hold(_: ExecRecord) -> ExecOutcome:
+        with contextlib.suppress(TimeoutError):
+            dagger_engine.wait_until(lambda: dagger_engine.max_concurrent_execs >= concurrency, timeout=10)
+        return ExecOutcome(stdout="done\n")
+
+    dagger_engine.on_exec(["work"], hold)
+    ids = [f"task-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+    for task_id in ids:
+        await publish_command(channel, topology_spec, command(task_id, "work", task_id))
+
+    await observer.wait_for(lambda: len(observer.results) >= n, 60, f"{n} results")
+    await settle(observer, worker)
+
+    assert sorted(r.task_id for r in observer.results) == sorted(ids)  # each exactly once
+    assert all(r.success and r.worker_id == worker.worker_id for r in observer.results)
+    assert set(observer.result_keys) == {"containerized_workflow.succeeded"}
+    assert dagger_engine.max_concurrent_execs == concurrency
+    assert len(dagger_engine.execs) == n
+    for task_id in ids:
+        states = observer.states_of(task_id)
+        assert states[0] == "received" and states[-1] == "succeeded" and "running" in states
+    assert (await queue_depths(amqp, topology_spec))[topology_spec.tasks_queue] == 0
+    stored = await ledger_outcome(valkey_url, topology_spec, ids[0])
+    assert stored is not None and stored.result.success and stored.published
+
+
+async def test_a_transient_failure_is_retried_through_rabbitmq_then_succeeds(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+) -> None:
+    worker = await start_worker()
+    dagger_engine.fail_requests(1)  # the engine answers the next request with HTTP 500
+    await publish_command(channel, topology_spec, command("flaky-1"))
+
+    await observer.wait_for(lambda: observer.results_for("flaky-1"), 30, "the result")
+    await settle(observer, worker)
+    (result,) = observer.results_for("flaky-1")
+    assert result.success and result.attempts == 2
+    retrying = [e for e in observer.events if e.task_id == "flaky-1" and e.state.value == "retrying"]
+    assert len(retrying) == 1 and retrying[0].attempt == 1
+    assert "transient" in (retrying[0].detail or "")
+    assert [e.attempt for e in observer.events if e.task_id == "flaky-1" and e.state.value == "running"] == [1, 2]
+    assert await dead_letters(channel, topology_spec) == []
+
+
+async def test_retries_exhausted_dead_letters_the_command_with_its_reason(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    valkey_url: str,
+) -> None:
+    worker = await start_worker(max_retries=2, breaker_failure_threshold=50)
+    dagger_engine.fail_requests(10_000)
+    sent = command("doomed-1", reply_to=None)
+    message_id = await publish_command(channel, topology_spec, sent)
+
+    await observer.wait_for(lambda: observer.results_for("doomed-1"), 30, "the failure result")
+    await settle(observer, worker)
+    (result,) = observer.results_for("doomed-1")
+    assert not result.success and result.error_category is not None
+    assert result.error_category.value == "transient" and result.attempts == 3
+    assert observer.result_keys == ["containerized_workflow.failed"]
+    states = observer.states_of("doomed-1")
+    assert states.count("retrying") == 2 and states[-2:] == ["failed", "dead_lettered"]
+
+    (letter,) = await dead_letters(channel, topology_spec)
+    why = DeadLetterHeaders.from_headers(dict(letter.headers))
+    assert why.error_category == "transient" and why.attempts == 3
+    assert why.task_id == "doomed-1" and why.worker_id == worker.worker_id and why.error
+    assert letter.message_id == message_id
+    assert decode(letter.body, ExecutionCommand) == sent  # the original command, unchanged
+    assert letter.routing_key == "containerized_workflow"
+    stored = await ledger_outcome(valkey_url, topology_spec, "doomed-1")
+    assert stored is not None and not stored.result.success
+
+
+async def test_a_permanent_failure_is_dead_lettered_at_once_and_not_run_again_unless_replayed(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+) -> None:
+    worker = await start_worker()
+    await publish_command(channel, topology_spec, command("bad-exit", "sh", "-c", "echo nope >&2; exit 3"))
+    await observer.wait_for(lambda: observer.results_for("bad-exit"), 30, "the failure result")
+    (result,) = observer.results_for("bad-exit")
+    assert not result.success and result.error_category is not None
+    assert result.error_category.value == "permanent" and result.attempts == 1
+    (letter,) = await dead_letters(channel, topology_spec)
+    why = DeadLetterHeaders.from_headers(dict(letter.headers))
+    assert why.error_category == "permanent" and why.attempts == 1 and "3" in why.error
+
+    # The same task again (a new message): answered from the ledger, not run again.
+    await publish_command(channel, topology_spec, command("bad-exit", "sh", "-c", "echo nope >&2; exit 3"))
+    await observer.wait_for(lambda: len(observer.results_for("bad-exit")) == 2, 30, "the stored result")
+    assert observer.results_for("bad-exit")[1] == result
+    assert len(dagger_engine.execs) == 1
+
+    # Replayed from the dead-letter queue (new x-replay-id): it runs again.
+    await publish_command(
+        channel,
+        topology_spec,
+        command("bad-exit", "sh", "-c", "echo nope >&2; exit 3"),
+        headers={h.REPLAY_ID: uuid.uuid4().hex},
+    )
+    await observer.wait_for(lambda: len(observer.results_for("bad-exit")) == 3, 30, "the replayed result")
+    await settle(observer, worker)
+    assert len(dagger_engine.execs) == 2
+    assert len(observer.results_for("bad-exit")) == 3
+
+
+async def test_poison_messages_are_dead_lettered_and_the_worker_keeps_consuming(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+) -> None:
+    worker = await start_worker()
+    await publish_raw(channel, topology_spec, b"\x00\xffnot json at all", "containerized_workflow")
+    await publish_raw(channel, topology_spec, b'{"task_id": 5, "execution_type": []}', "containerized_workflow")
+    await publish_raw(channel, topology_spec, b'{"task_id": "p-3", "execution_type": "teleport"}', "teleport")
+    await publish_raw(
+        channel,
+        topology_spec,
+        b'{"task_id": "p-4", "execution_type": "containerized_workflow", "parameters": {"command": ["x"]}}',
+        "containerized_workflow",
+    )
+    await publish_command(channel, topology_spec, command("after-poison"))
+
+    await observer.wait_for(lambda: observer.results_for("after-poison"), 30, "the good command's result")
+    await observer.wait_for(lambda: observer.results_for("p-4"), 30, "p-4's failure result")
+    await settle(observer, worker)
+    assert observer.results_for("after-poison")[0].success
+
+    letters = await dead_letters(channel, topology_spec)
+    assert len(letters) == 4
+    reasons = [DeadLetterHeaders.from_headers(dict(m.headers)) for m in letters]
+    assert all(r.error_category == "invalid" and r.error for r in reasons)
+    assert letters[0].body == b"\x00\xffnot json at all"
+    assert {r.task_id for r in reasons} == {None, "p-3", "p-4"}
+    assert "container_image" in next(r.error for r in reasons if r.task_id == "p-4")
+    # A readable task id gets a failure result, so whoever waits for it is not left hanging.
+    (p3,) = observer.results_for("p-3")
+    assert not p3.success and p3.error_category is not None and p3.error_category.value == "invalid"
+    assert "teleport.failed" in observer.result_keys
+
+
+async def test_results_go_to_reply_to_with_the_correlation_id_and_duplicates_are_answered_from_the_ledger(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+) -> None:
+    worker = await start_worker()
+    replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+    got: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+    await replies.consume(got.put, no_ack=True)
+
+    first = command("rpc-1", reply_to=replies.name, correlation_id="corr-1")
+    await publish_command(channel, topology_spec, first)
+    reply = await asyncio.wait_for(got.get(), 30)
+    assert reply.correlation_id == "corr-1" and reply.content_type == "application/json"
+    result = decode(reply.body, ExecutionResult)
+    assert result.task_id == "rpc-1" and result.success
+
+    # A duplicate (new message, another caller with no correlation id): answered from the
+    # ledger, with the task id as correlation id; the engine does not run it again.
+    await publish_command(channel, topology_spec, command("rpc-1", reply_to=replies.name))
+    again = await asyncio.wait_for(got.get(), 30)
+    assert again.correlation_id == "rpc-1"
+    assert decode(again.body, ExecutionResult) == result
+    assert len(dagger_engine.execs) == 1
+
+    # A reply to a queue that does not exist (the caller is gone) is not an error.
+    await publish_command(channel, topology_spec, command("rpc-2", reply_to=f"gone-{uuid.uuid4().hex}"))
+    await observer.wait_for(lambda: observer.results_for("rpc-2"), 30, "rpc-2's result")
+    await settle(observer, worker)
+    assert observer.results_for("rpc-2")[0].success
+    assert await dead_letters(channel, topology_spec) == []
+
+
+async def test_engine_down_pauses_consuming_and_resumes_after_recovery(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    amqp: AbstractRobustConnection,
+) -> None:
+    worker = await start_worker(breaker_failure_threshold=2, max_concurrent_executions=2, max_retries=5)
+    dagger_engine.refuse()
+    ids = [f"outage-{i}" for i in range(6)]
+    for task_id in ids:
+        await publish_command(channel, topology_spec, command(task_id))
+
+    async def waiting() -> int:
+        depths = await queue_depths(amqp, topology_spec)
+        return sum(depths[q.name] or 0 for q in topology_spec.queues if q.name != topology_spec.dead_queue)
+
+    # The worker stops consuming: every command ends up waiting in RabbitMQ, and stays there.
+    await observer.wait_heartbeats(1, 30, lambda b: b.worker_id == worker.worker_id and not b.ready)
+    await wait_until(lambda: _equals(waiting(), len(ids)), 30, "all commands back in the queues")
+    await observer.wait_heartbeats(4, 15, lambda b: b.worker_id == worker.worker_id and not b.ready)
+    assert await waiting() == len(ids)
+    assert (await queue_depths(amqp, topology_spec))[topology_spec.dead_queue] == 0
+    assert observer.results == []
+
+    dagger_engine.accept()
+    await observer.wait_for(lambda: len(observer.results) >= len(ids), 60, "every result after recovery")
+    await settle(observer, worker)
+    assert sorted(r.task_id for r in observer.results) == sorted(ids)
+    assert all(r.success for r in observer.results)
+    assert observer.heartbeats[-1].ready and observer.heartbeats[-1].circuit == "closed"
+    assert await dead_letters(channel, topology_spec) == []
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
