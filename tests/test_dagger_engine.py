@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -251,6 +254,79 @@ async def test_cli_bin_startup_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     recorded = json.loads(record.read_text())  # written when the SDK closed the session
     assert [e["args"] for e in recorded["execs"]] == [["build"]]
     assert recorded["query_errors"] == []
+
+
+async def test_wait_for_exec_sees_a_running_exec(connected: TestEngine) -> None:
+    release = threading.Event()
+
+    def held(record: ExecRecord) -> ExecOutcome:
+        release.wait(10)
+        return ExecOutcome(stdout="released\n")
+
+    connected.on_exec(["long-job"], held)
+    call = asyncio.ensure_future(dag.container().from_("alpine").with_exec(["long-job"]).stdout())
+    try:
+        record = await asyncio.to_thread(connected.wait_for_exec, ["long-job"], timeout=10)
+        assert record.exit_code is None and record.finished_at is None
+        assert connected.current_execs == 1
+    finally:
+        release.set()
+    assert await call == "released\n"
+    assert record.exit_code == 0
+
+
+async def test_expand_entrypoint_user_and_redirects(connected: TestEngine) -> None:
+    ctr = (
+        dag.container()
+        .from_("alpine")
+        .with_env_variable("NAME", "ada")
+        .with_env_variable("GREETING", "hi $NAME", expand=True)
+        .with_user("1000")
+        .with_entrypoint(["echo", "entry:"])
+        .with_exec(["$GREETING"], use_entrypoint=True, expand=True, redirect_stdout="/tmp/out.txt")
+    )
+    synced = await ctr.sync()
+    assert await synced.file("/tmp/out.txt").contents() == "entry: hi ada\n"
+    assert await synced.stdout() == "entry: hi ada\n"
+    [record] = connected.execs
+    assert record.args == ["echo", "entry:", "hi ada"]
+    assert record.user == "1000"
+    assert record.env == {"NAME": "ada", "GREETING": "hi ada"}
+
+
+def test_standalone_engine_process(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"match": ["fail-once"], "exit_code": 4, "stderr": "boom\n", "times": 1}]))
+    record = tmp_path / "record.json"
+    command = [sys.executable, "-m", "tests.dagger_engine", "--token", "tok-1", "--rules", str(rules)]
+    proc = subprocess.Popen(
+        [*command, "--record", str(record)],
+        cwd=ENGINE_DIR.parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["session_token"] == "tok-1"
+        env = {**os.environ, "DAGGER_SESSION_PORT": str(ready["port"]), "DAGGER_SESSION_TOKEN": "tok-1"}
+        script = (
+            "import anyio, dagger\n"
+            "async def main():\n"
+            "    async with dagger.Connection(dagger.Config(retry=None)) as c:\n"
+            "        ctr = c.container().from_('alpine').with_exec(['fail-once'], expect=dagger.ReturnType.ANY)\n"
+            "        print(await ctr.exit_code(), await ctr.stderr())\n"
+            "anyio.run(main)\n"
+        )
+        client = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert client.returncode == 0, client.stderr
+        # Two leaf calls without sync(): two execs, and the rule answered only the first.
+        assert client.stdout == "4 \n"  # the second call ran the exec again, with the default outcome
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    recorded = json.loads(record.read_text())
+    assert [e["exit_code"] for e in recorded["execs"]] == [4, 0]
 
 
 @pytest.mark.skipif(validation.real_schema_path() is None, reason="the real v0.21.8 schema is not available")

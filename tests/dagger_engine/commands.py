@@ -98,12 +98,12 @@ def _simple(run: _Run, args: list[str], stdin: str) -> tuple[str, int]:
             return stdin, 0
         out, code = "", 0
         for path in rest:
-            text = run.read_file(path)
-            if text is None:
+            content = run.read_file(path)
+            if content is None:
                 run.stderr += f"cat: {path}: No such file or directory\n"
                 code = 1
             else:
-                out += text
+                out += content
         return out, code
     if name == "env":
         return "".join(f"{k}={v}\n" for k, v in run.env.items()), 0

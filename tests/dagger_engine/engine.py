@@ -223,4 +223,4 @@ class TestEngine:
             variable_values=payload.get("variables"),
             operation_name=payload.get("operationName"),
         )
-        return result.formatted
+        return dict(result.formatted)

@@ -10,6 +10,7 @@ from tests.dagger_engine.executor import ExecRunner
 from tests.dagger_engine.filesystem import CacheStore, ContainerFS
 from tests.dagger_engine.records import ExecRecord, MountInfo
 from tests.dagger_engine.state import (
+    CacheVolumeState,
     ContainerState,
     DirectoryState,
     ExecOp,
@@ -48,8 +49,6 @@ class ExecFailed(Exception):
 
 
 def mount_info(mount: Mount) -> MountInfo:
-    if mount.kind == "directory" and mount.label:
-        return ("host", mount.label)
     return (mount.kind, mount.label)
 
 
@@ -83,7 +82,7 @@ class Evaluator:
     @staticmethod
     def _cache_paths(state: ContainerState) -> dict[str, str]:
         return {
-            path: m.source.key for path, m in state.mounts.items() if m.kind == "cache" and hasattr(m.source, "key")
+            path: mount.source.key for path, mount in state.mounts.items() if isinstance(mount.source, CacheVolumeState)
         }
 
     def _initial_files(self, mount: Mount) -> dict[str, str]:

@@ -34,6 +34,7 @@ from tests.dagger_engine.state import (
 )
 
 Resolver = Callable[..., Any]
+Info = graphql.GraphQLResolveInfo[EngineCore]  # ``info.context`` is the engine's state
 N = TypeVar("N", bound=Node)
 
 RESOLVERS: dict[tuple[str, str], Resolver] = {}
@@ -48,23 +49,22 @@ def resolves(type_name: str, *fields: str) -> Callable[[Resolver], Resolver]:
     return register
 
 
-def _core(info: graphql.GraphQLResolveInfo) -> EngineCore:
-    core: EngineCore = info.context
-    return core
+def _core(info: Info) -> EngineCore:
+    return info.context
 
 
-def _new(info: graphql.GraphQLResolveInfo, obj: N) -> N:
+def _new(info: Info, obj: N) -> N:
     return _core(info).registry.add(obj)
 
 
-def _load(info: graphql.GraphQLResolveInfo, id_: str, cls: type[N]) -> N:
+def _load(info: Info, id_: str, cls: type[N]) -> N:
     obj = _core(info).registry.get(id_)
     if not isinstance(obj, cls):
         raise graphql.GraphQLError(f"failed to load {cls.graphql_type} from ID {id_[:40]!r}")
     return obj
 
 
-def _evaluate(info: graphql.GraphQLResolveInfo, ctr: ContainerState) -> Evaluated:
+def _evaluate(info: Info, ctr: ContainerState) -> Evaluated:
     try:
         return _core(info).evaluator.evaluate(ctr)
     except ExecFailed as failed:
@@ -89,28 +89,28 @@ def _host_path(path: str) -> str:
 
 
 @resolves("Query", "container")
-def _container(_: None, info: graphql.GraphQLResolveInfo, **__: Any) -> ContainerState:
+def _container(_: None, info: Info, **__: Any) -> ContainerState:
     return _new(info, ContainerState())
 
 
 @resolves("Query", "host")
-def _host(_: None, info: graphql.GraphQLResolveInfo) -> HostState:
+def _host(_: None, info: Info) -> HostState:
     return _new(info, HostState())
 
 
 @resolves("Query", "version")
-def _version(_: None, info: graphql.GraphQLResolveInfo) -> str:
+def _version(_: None, info: Info) -> str:
     return _core(info).version
 
 
 @resolves("Query", "setSecret")
-def _set_secret(_: None, info: graphql.GraphQLResolveInfo, name: str, plaintext: str) -> SecretState:
+def _set_secret(_: None, info: Info, name: str, plaintext: str) -> SecretState:
     return _core(info).add_secret(SecretState(name=name), plaintext)
 
 
 @resolves("Query", "secret")
-def _secret(_: None, info: graphql.GraphQLResolveInfo, uri: str, **__: Any) -> SecretState:
-    scheme, _, rest = uri.partition("://")
+def _secret(_: None, info: Info, uri: str, **__: Any) -> SecretState:
+    scheme, _sep, rest = uri.partition("://")
     if scheme == "env" and rest in os.environ:
         value = os.environ[rest]
     elif scheme == "file" and os.path.isfile(rest):
@@ -121,27 +121,27 @@ def _secret(_: None, info: graphql.GraphQLResolveInfo, uri: str, **__: Any) -> S
 
 
 @resolves("Query", "cacheVolume")
-def _cache_volume(_: None, info: graphql.GraphQLResolveInfo, key: str, **__: Any) -> CacheVolumeState:
+def _cache_volume(_: None, info: Info, key: str, **__: Any) -> CacheVolumeState:
     return _new(info, CacheVolumeState(key=key))
 
 
 @resolves("Query", "node")
-def _node(_: None, info: graphql.GraphQLResolveInfo, id: str) -> Node:
+def _node(_: None, info: Info, id: str) -> Node:
     return _load(info, id, Node)
 
 
 @resolves("Query", "directory")
-def _empty_directory(_: None, info: graphql.GraphQLResolveInfo) -> DirectoryState:
+def _empty_directory(_: None, info: Info) -> DirectoryState:
     return _new(info, DirectoryState(files={}))
 
 
 @resolves("Query", "file")
-def _new_file(_: None, info: graphql.GraphQLResolveInfo, name: str, contents: str, **__: Any) -> FileState:
+def _new_file(_: None, info: Info, name: str, contents: str, **__: Any) -> FileState:
     return _new(info, FileState(name=name, contents=contents))
 
 
 @resolves("Query", "moduleSource")
-def _module_source(_: None, info: graphql.GraphQLResolveInfo, refString: str, **__: Any) -> ModuleSourceState:
+def _module_source(_: None, info: Info, refString: str, **__: Any) -> ModuleSourceState:
     if refString not in _core(info).modules:
         raise graphql.GraphQLError(f"failed to resolve module source {refString!r}: not found")
     return _new(info, ModuleSourceState(ref=refString))
@@ -150,7 +150,7 @@ def _module_source(_: None, info: graphql.GraphQLResolveInfo, refString: str, **
 # --- Container: configuration ----------------------------------------------------------------
 
 
-def _derive(info: graphql.GraphQLResolveInfo, ctr: ContainerState, op: Any = None, **changes: Any) -> ContainerState:
+def _derive(info: Info, ctr: ContainerState, op: Any = None, **changes: Any) -> ContainerState:
     return _new(info, ctr.derive(op, **changes))
 
 
@@ -161,12 +161,12 @@ def _maybe_expand(ctr: ContainerState, text: str, expand: bool) -> str:
 
 
 @resolves("Container", "from")
-def _from(ctr: ContainerState, info: graphql.GraphQLResolveInfo, address: str, **__: Any) -> ContainerState:
+def _from(ctr: ContainerState, info: Info, address: str, **__: Any) -> ContainerState:
     return _derive(info, ctr, image=address)
 
 
 @resolves("Container", "withExec")
-def _with_exec(ctr: ContainerState, info: graphql.GraphQLResolveInfo, args: list[str], **kw: Any) -> ContainerState:
+def _with_exec(ctr: ContainerState, info: Info, args: list[str], **kw: Any) -> ContainerState:
     args = [_maybe_expand(ctr, a, kw["expand"]) for a in args]
     if kw["useEntrypoint"]:
         args = [*ctr.entrypoint, *(args or ctr.default_args)]
@@ -182,98 +182,82 @@ def _with_exec(ctr: ContainerState, info: graphql.GraphQLResolveInfo, args: list
 
 
 @resolves("Container", "withEnvVariable")
-def _with_env(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str, value: str, expand: bool
-) -> ContainerState:
+def _with_env(ctr: ContainerState, info: Info, name: str, value: str, expand: bool) -> ContainerState:
     return _derive(info, ctr, env={**ctr.env, name: _maybe_expand(ctr, value, expand)})
 
 
 @resolves("Container", "withoutEnvVariable")
-def _without_env(ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str) -> ContainerState:
+def _without_env(ctr: ContainerState, info: Info, name: str) -> ContainerState:
     return _derive(info, ctr, env={k: v for k, v in ctr.env.items() if k != name})
 
 
 @resolves("Container", "withWorkdir")
-def _with_workdir(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, expand: bool) -> ContainerState:
+def _with_workdir(ctr: ContainerState, info: Info, path: str, expand: bool) -> ContainerState:
     return _derive(info, ctr, workdir=normalize(_maybe_expand(ctr, path, expand), ctr.workdir))
 
 
 @resolves("Container", "withUser")
-def _with_user(ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str) -> ContainerState:
+def _with_user(ctr: ContainerState, info: Info, name: str) -> ContainerState:
     return _derive(info, ctr, user=name)
 
 
 @resolves("Container", "withEntrypoint")
-def _with_entrypoint(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, args: list[str], keepDefaultArgs: bool
-) -> ContainerState:
+def _with_entrypoint(ctr: ContainerState, info: Info, args: list[str], keepDefaultArgs: bool) -> ContainerState:
     return _derive(info, ctr, entrypoint=tuple(args), default_args=ctr.default_args if keepDefaultArgs else ())
 
 
 @resolves("Container", "withoutEntrypoint")
-def _without_entrypoint(ctr: ContainerState, info: graphql.GraphQLResolveInfo, keepDefaultArgs: bool) -> ContainerState:
+def _without_entrypoint(ctr: ContainerState, info: Info, keepDefaultArgs: bool) -> ContainerState:
     return _derive(info, ctr, entrypoint=(), default_args=ctr.default_args if keepDefaultArgs else ())
 
 
 @resolves("Container", "withDefaultArgs")
-def _with_default_args(ctr: ContainerState, info: graphql.GraphQLResolveInfo, args: list[str]) -> ContainerState:
+def _with_default_args(ctr: ContainerState, info: Info, args: list[str]) -> ContainerState:
     return _derive(info, ctr, default_args=tuple(args))
 
 
 @resolves("Container", "withLabel")
-def _with_label(ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str, value: str) -> ContainerState:
+def _with_label(ctr: ContainerState, info: Info, name: str, value: str) -> ContainerState:
     return _derive(info, ctr, labels={**ctr.labels, name: value})
 
 
 @resolves("Container", "withSecretVariable")
-def _with_secret_variable(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, name: str, secret: str
-) -> ContainerState:
+def _with_secret_variable(ctr: ContainerState, info: Info, name: str, secret: str) -> ContainerState:
     return _derive(info, ctr, secret_env={**ctr.secret_env, name: _load(info, secret, SecretState)})
 
 
 @resolves("Container", "withRegistryAuth")
-def _with_registry_auth(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, address: str, username: str, secret: str
-) -> ContainerState:
+def _with_registry_auth(ctr: ContainerState, info: Info, address: str, username: str, secret: str) -> ContainerState:
     auth = (address, username, _load(info, secret, SecretState))
     others = tuple(a for a in ctr.registry_auths if a[0] != address)
     return _derive(info, ctr, registry_auths=(*others, auth))
 
 
-def _mount(info: graphql.GraphQLResolveInfo, ctr: ContainerState, path: str, mount: Mount) -> ContainerState:
+def _mount(info: Info, ctr: ContainerState, path: str, mount: Mount) -> ContainerState:
     return _derive(info, ctr, mounts={**ctr.mounts, normalize(path, ctr.workdir): mount})
 
 
 @resolves("Container", "withMountedDirectory")
-def _with_mounted_directory(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
-) -> ContainerState:
+def _with_mounted_directory(ctr: ContainerState, info: Info, path: str, source: str, **kw: Any) -> ContainerState:
     src = _load(info, source, DirectoryState)
     kind = "host" if src.origin else "directory"
     return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount(kind, src.origin or "", src))
 
 
 @resolves("Container", "withMountedCache")
-def _with_mounted_cache(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, cache: str, **kw: Any
-) -> ContainerState:
+def _with_mounted_cache(ctr: ContainerState, info: Info, path: str, cache: str, **kw: Any) -> ContainerState:
     volume = _load(info, cache, CacheVolumeState)
     return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount("cache", volume.key, volume))
 
 
 @resolves("Container", "withMountedFile")
-def _with_mounted_file(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
-) -> ContainerState:
+def _with_mounted_file(ctr: ContainerState, info: Info, path: str, source: str, **kw: Any) -> ContainerState:
     src = _load(info, source, FileState)
     return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount("file", src.origin or "", src))
 
 
 @resolves("Container", "withMountedSecret")
-def _with_mounted_secret(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
-) -> ContainerState:
+def _with_mounted_secret(ctr: ContainerState, info: Info, path: str, source: str, **kw: Any) -> ContainerState:
     secret = _load(info, source, SecretState)
     return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount("secret", secret.name, secret))
 
@@ -281,29 +265,23 @@ def _with_mounted_secret(
 # --- Container: files ------------------------------------------------------------------------
 
 
-def _write(info: graphql.GraphQLResolveInfo, ctr: ContainerState, files: dict[str, str]) -> ContainerState:
+def _write(info: Info, ctr: ContainerState, files: dict[str, str]) -> ContainerState:
     return _derive(info, ctr, WriteOp({normalize(p, ctr.workdir): t for p, t in files.items()}))
 
 
 @resolves("Container", "withNewFile")
-def _with_new_file(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, contents: str, **kw: Any
-) -> ContainerState:
+def _with_new_file(ctr: ContainerState, info: Info, path: str, contents: str, **kw: Any) -> ContainerState:
     return _write(info, ctr, {_maybe_expand(ctr, path, kw["expand"]): contents})
 
 
 @resolves("Container", "withFile")
-def _with_file(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
-) -> ContainerState:
+def _with_file(ctr: ContainerState, info: Info, path: str, source: str, **kw: Any) -> ContainerState:
     src = _load(info, source, FileState)
     return _write(info, ctr, {_maybe_expand(ctr, path, kw["expand"]): src.contents})
 
 
 @resolves("Container", "withDirectory")
-def _with_directory(
-    ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any
-) -> ContainerState:
+def _with_directory(ctr: ContainerState, info: Info, path: str, source: str, **kw: Any) -> ContainerState:
     src = _load(info, source, DirectoryState)
     target = _maybe_expand(ctr, path, kw["expand"])
     files = snapshots.select(src.files, kw["include"], kw["exclude"])
@@ -320,7 +298,7 @@ def _origin_of(ctr: ContainerState, path: str) -> str | None:
 
 
 @resolves("Container", "directory")
-def _ctr_directory(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, expand: bool) -> DirectoryState:
+def _ctr_directory(ctr: ContainerState, info: Info, path: str, expand: bool) -> DirectoryState:
     _evaluate(info, ctr)
     fs = _core(info).evaluator.view(ctr)
     full = normalize(_maybe_expand(ctr, path, expand), ctr.workdir)
@@ -330,7 +308,7 @@ def _ctr_directory(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: 
 
 
 @resolves("Container", "file")
-def _ctr_file(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, expand: bool) -> FileState:
+def _ctr_file(ctr: ContainerState, info: Info, path: str, expand: bool) -> FileState:
     _evaluate(info, ctr)
     full = normalize(_maybe_expand(ctr, path, expand), ctr.workdir)
     text = _core(info).evaluator.view(ctr).read(full)
@@ -342,7 +320,7 @@ def _ctr_file(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, 
 # --- Container: results ----------------------------------------------------------------------
 
 
-def _last_exec(info: graphql.GraphQLResolveInfo, ctr: ContainerState) -> Any:
+def _last_exec(info: Info, ctr: ContainerState) -> Any:
     result = _evaluate(info, ctr).last_exec
     if result is None:
         raise graphql.GraphQLError("no command has been set")
@@ -350,43 +328,43 @@ def _last_exec(info: graphql.GraphQLResolveInfo, ctr: ContainerState) -> Any:
 
 
 @resolves("Container", "stdout")
-def _stdout(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> str:
+def _stdout(ctr: ContainerState, info: Info) -> str:
     return str(_last_exec(info, ctr).stdout)
 
 
 @resolves("Container", "stderr")
-def _stderr(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> str:
+def _stderr(ctr: ContainerState, info: Info) -> str:
     return str(_last_exec(info, ctr).stderr)
 
 
 @resolves("Container", "exitCode")
-def _exit_code(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> int:
+def _exit_code(ctr: ContainerState, info: Info) -> int:
     return int(_last_exec(info, ctr).exit_code)
 
 
 @resolves("Container", "sync")
-def _ctr_sync(ctr: ContainerState, info: graphql.GraphQLResolveInfo) -> str:
+def _ctr_sync(ctr: ContainerState, info: Info) -> str:
     _evaluate(info, ctr)
     return ctr.id
 
 
 @resolves("Container", "envVariable")
-def _env_variable(ctr: ContainerState, _: graphql.GraphQLResolveInfo, name: str) -> str | None:
+def _env_variable(ctr: ContainerState, _: Info, name: str) -> str | None:
     return ctr.env.get(name)
 
 
 @resolves("Container", "workdir")
-def _workdir(ctr: ContainerState, _: graphql.GraphQLResolveInfo) -> str:
+def _workdir(ctr: ContainerState, _: Info) -> str:
     return ctr.workdir
 
 
 @resolves("Container", "user")
-def _user(ctr: ContainerState, _: graphql.GraphQLResolveInfo) -> str:
+def _user(ctr: ContainerState, _: Info) -> str:
     return ctr.user
 
 
 @resolves("Container", "export")
-def _ctr_export(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str, **_: Any) -> str:
+def _ctr_export(ctr: ContainerState, info: Info, path: str, **_: Any) -> str:
     # Stands in for an OCI tarball: a JSON description of the image.
     _evaluate(info, ctr)
     host = _host_path(path)
@@ -400,17 +378,17 @@ def _ctr_export(ctr: ContainerState, info: graphql.GraphQLResolveInfo, path: str
 
 
 @resolves("Directory", "entries")
-def _entries(d: DirectoryState, _: graphql.GraphQLResolveInfo, path: str | None = None) -> list[str]:
+def _entries(d: DirectoryState, _: Info, path: str | None = None) -> list[str]:
     return snapshots.entries(d.files, path or "")
 
 
 @resolves("Directory", "glob")
-def _glob(d: DirectoryState, _: graphql.GraphQLResolveInfo, pattern: str) -> list[str]:
+def _glob(d: DirectoryState, _: Info, pattern: str) -> list[str]:
     return sorted(rel for rel in d.files if fnmatch.fnmatchcase(rel, pattern.replace("**/", "*")))
 
 
 @resolves("Directory", "file")
-def _dir_file(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str) -> FileState:
+def _dir_file(d: DirectoryState, info: Info, path: str) -> FileState:
     rel = posixpath.normpath(path).lstrip("/")
     if rel not in d.files:
         raise graphql.GraphQLError(f"{path}: no such file or directory")
@@ -419,7 +397,7 @@ def _dir_file(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str) ->
 
 
 @resolves("Directory", "directory")
-def _dir_directory(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str) -> DirectoryState:
+def _dir_directory(d: DirectoryState, info: Info, path: str) -> DirectoryState:
     rel = posixpath.normpath(path).strip("/")
     files = snapshots.subtree(d.files, rel)
     if not files and rel not in {"", "."}:
@@ -428,20 +406,20 @@ def _dir_directory(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: st
 
 
 @resolves("Directory", "withNewFile")
-def _dir_with_new_file(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, contents: str, **_: Any) -> Node:
+def _dir_with_new_file(d: DirectoryState, info: Info, path: str, contents: str, **_: Any) -> Node:
     rel = posixpath.normpath(path).lstrip("/")
     return _new(info, DirectoryState(files={**d.files, rel: contents}, origin=d.origin))
 
 
 @resolves("Directory", "withFile")
-def _dir_with_file(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, source: str, **_: Any) -> Node:
+def _dir_with_file(d: DirectoryState, info: Info, path: str, source: str, **_: Any) -> Node:
     src = _load(info, source, FileState)
     rel = posixpath.normpath(path).lstrip("/")
     return _new(info, DirectoryState(files={**d.files, rel: src.contents}, origin=d.origin))
 
 
 @resolves("Directory", "withDirectory")
-def _dir_with_directory(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, source: str, **kw: Any) -> Node:
+def _dir_with_directory(d: DirectoryState, info: Info, path: str, source: str, **kw: Any) -> Node:
     src = _load(info, source, DirectoryState)
     base = posixpath.normpath(path).strip("/")
     added = snapshots.select(src.files, kw["include"], kw["exclude"])
@@ -450,7 +428,7 @@ def _dir_with_directory(d: DirectoryState, info: graphql.GraphQLResolveInfo, pat
 
 
 @resolves("Directory", "export")
-def _dir_export(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, wipe: bool) -> str:
+def _dir_export(d: DirectoryState, info: Info, path: str, wipe: bool) -> str:
     host = _host_path(path)
     snapshots.write_tree(host, d.files, wipe=wipe)
     _core(info).record_export(host, dict(d.files))
@@ -458,9 +436,7 @@ def _dir_export(d: DirectoryState, info: graphql.GraphQLResolveInfo, path: str, 
 
 
 @resolves("File", "contents")
-def _contents(
-    f: FileState, _: graphql.GraphQLResolveInfo, offsetLines: int | None = None, limitLines: int | None = None
-) -> str:
+def _contents(f: FileState, _: Info, offsetLines: int | None = None, limitLines: int | None = None) -> str:
     if offsetLines is None and limitLines is None:
         return f.contents
     lines = f.contents.splitlines(keepends=True)[offsetLines or 0 :]
@@ -468,7 +444,7 @@ def _contents(
 
 
 @resolves("File", "export")
-def _file_export(f: FileState, info: graphql.GraphQLResolveInfo, path: str, **_: Any) -> str:
+def _file_export(f: FileState, info: Info, path: str, **_: Any) -> str:
     host = _host_path(path)
     if os.path.isdir(host):
         host = os.path.join(host, f.name)
@@ -478,17 +454,17 @@ def _file_export(f: FileState, info: graphql.GraphQLResolveInfo, path: str, **_:
 
 
 @resolves("File", "name")
-def _file_name(f: FileState, _: graphql.GraphQLResolveInfo) -> str:
+def _file_name(f: FileState, _: Info) -> str:
     return f.name
 
 
 @resolves("File", "size")
-def _file_size(f: FileState, _: graphql.GraphQLResolveInfo) -> int:
+def _file_size(f: FileState, _: Info) -> int:
     return len(f.contents.encode())
 
 
 @resolves("Host", "directory")
-def _host_directory(_: HostState, info: graphql.GraphQLResolveInfo, path: str, **kw: Any) -> DirectoryState:
+def _host_directory(_: HostState, info: Info, path: str, **kw: Any) -> DirectoryState:
     root = _host_path(path)
     try:
         files = snapshots.read_tree(root)
@@ -498,7 +474,7 @@ def _host_directory(_: HostState, info: graphql.GraphQLResolveInfo, path: str, *
 
 
 @resolves("Host", "file")
-def _host_file(_: HostState, info: graphql.GraphQLResolveInfo, path: str, **__: Any) -> FileState:
+def _host_file(_: HostState, info: Info, path: str, **__: Any) -> FileState:
     full = _host_path(path)
     if not os.path.isfile(full):
         raise graphql.GraphQLError(f"lstat {full}: no such file or directory")
@@ -509,28 +485,28 @@ def _host_file(_: HostState, info: graphql.GraphQLResolveInfo, path: str, **__: 
 
 
 @resolves("Secret", "name")
-def _secret_name(s: SecretState, _: graphql.GraphQLResolveInfo) -> str:
+def _secret_name(s: SecretState, _: Info) -> str:
     return s.name
 
 
 @resolves("Secret", "plaintext")
-def _secret_plaintext(s: SecretState, info: graphql.GraphQLResolveInfo) -> str:
+def _secret_plaintext(s: SecretState, info: Info) -> str:
     return _core(info).secret_value(s)
 
 
 @resolves("ModuleSource", "asModule")
-def _as_module(src: ModuleSourceState, info: graphql.GraphQLResolveInfo) -> ModuleState:
+def _as_module(src: ModuleSourceState, info: Info) -> ModuleState:
     spec = _core(info).modules[src.ref]
     return _new(info, ModuleState(ref=src.ref, name=spec.name))
 
 
 @resolves("Module", "name")
-def _module_name(m: ModuleState, _: graphql.GraphQLResolveInfo) -> str:
+def _module_name(m: ModuleState, _: Info) -> str:
     return m.name
 
 
 @resolves("Module", "serve")
-def _serve(m: ModuleState, info: graphql.GraphQLResolveInfo, **_: Any) -> None:
+def _serve(m: ModuleState, info: Info, **_: Any) -> None:
     core = _core(info)
     spec = core.modules[m.ref]
     with core.lock:
@@ -539,12 +515,12 @@ def _serve(m: ModuleState, info: graphql.GraphQLResolveInfo, **_: Any) -> None:
         core.served, core.schema = served, schema
 
 
-def _id(obj: Node, _: graphql.GraphQLResolveInfo) -> str:
+def _id(obj: Node, _: Info) -> str:
     return obj.id
 
 
 def _module_field(spec: ModuleSpec) -> Resolver:
-    def resolve(_: None, __: graphql.GraphQLResolveInfo) -> ModuleObject:
+    def resolve(_: None, __: Info) -> ModuleObject:
         return ModuleObject(module=spec.name)
 
     return resolve
@@ -553,7 +529,7 @@ def _module_field(spec: ModuleSpec) -> Resolver:
 def _function_field(spec: ModuleSpec, name: str) -> Resolver:
     fn = spec.functions[name]
 
-    def resolve(_: ModuleObject, __: graphql.GraphQLResolveInfo, **kw: Any) -> Any:
+    def resolve(_: ModuleObject, __: Info, **kw: Any) -> Any:
         try:
             result = fn.call(**{fn.args[arg][0]: value for arg, value in kw.items()})
         except Exception as error:  # the function's own failure, as the engine reports it
@@ -570,6 +546,10 @@ def _parse_json(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _parse_json_literal(node: graphql.ValueNode, variables: dict[str, Any] | None = None) -> Any:
+    return _parse_json(graphql.value_from_ast_untyped(node, variables))
 
 
 def executable_schema(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
@@ -590,10 +570,8 @@ def executable_schema(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
     json_scalar = schema.get_type("JSON")
     assert isinstance(json_scalar, graphql.GraphQLScalarType)
     # The real engine's JSON scalar travels as a string of JSON text.
-    json_scalar.parse_value = _parse_json
-    json_scalar.parse_literal = lambda node, variables=None: _parse_json(
-        graphql.value_from_ast_untyped(node, variables)
-    )
+    json_scalar.parse_value = _parse_json  # type: ignore[method-assign]
+    json_scalar.parse_literal = _parse_json_literal  # type: ignore[method-assign]
     for spec in modules:
         query = schema.query_type
         assert query is not None
