@@ -94,6 +94,10 @@ class EngineCircuitBreaker:
             raise ExecutionFailure(
                 failure.category, f"{failure.message} (engine circuit breaker opened)", partial=failure.partial
             ) from cause
+        except ExecutionFailure:
+            raise
+        except Exception as exc:
+            raise classify(exc) from exc
 
     def _notify(self, state: str) -> None:
         log.log(logging.INFO if state == CLOSED else logging.WARNING, "engine circuit breaker is now %s", state)
