@@ -4,9 +4,16 @@ the dead-letter queue the way the worker and RabbitMQ do it, and a minimal respo
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -168,3 +175,115 @@ class Responder:
 async def declared(amqp: AbstractRobustConnection, topology_spec: Topology) -> DeclaredTopology:
     """This test's topology, declared."""
     return await declare(amqp, topology_spec)
+
+
+# --- driving the CLI as a subprocess ---
+
+
+def cli() -> list[str]:
+    """The installed ``dagger-adapter`` script (the venv's, even when it is not on PATH)."""
+    found = shutil.which("dagger-adapter") or shutil.which("dagger-adapter", path=str(Path(sys.executable).parent))
+    return [found] if found else [sys.executable, "-m", "consumer.cli"]
+
+
+def cli_env(amqp_url: str, spec: Topology, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGGER_ADAPTER_")}
+    env.update(
+        DAGGER_ADAPTER_AMQP_URL=amqp_url,
+        DAGGER_ADAPTER_TOPOLOGY_PREFIX=spec.prefix,
+        DAGGER_ADAPTER_RETRY_DELAY_TIERS=",".join(str(d) for d in spec.retry_delays_seconds),
+        DAGGER_ADAPTER_DELIVERY_LIMIT=str(spec.delivery_limit),
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def lines(self) -> list[str]:
+        return [line for line in self.out.splitlines() if line.strip()]
+
+
+async def run_cli(*args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60.0) -> Ran:
+    """Run ``dagger-adapter ARGS`` to completion (without blocking the test's event loop)."""
+    process = await asyncio.create_subprocess_exec(
+        *cli(),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin is not None else None), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"dagger-adapter {' '.join(args)} did not finish within {timeout} s") from None
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())
+
+
+class Running:
+    """A long-running ``dagger-adapter`` (``results --follow``, ``status --watch``) that the test
+    talks to line by line."""
+
+    def __init__(self, process: asyncio.subprocess.Process, args: tuple[str, ...]) -> None:
+        self.process = process
+        self.args = args
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str]) -> Running:
+        process = await asyncio.create_subprocess_exec(
+            *cli(),
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process, args)
+
+    async def stderr_line(self, containing: str, timeout: float = WAIT) -> str:
+        assert self.process.stderr is not None
+        while True:
+            line = (await asyncio.wait_for(self.process.stderr.readline(), timeout)).decode()
+            if not line:
+                raise AssertionError(f"dagger-adapter {' '.join(self.args)} ended without printing {containing!r}")
+            if containing in line:
+                return line
+
+    async def stdout_line(self, timeout: float = WAIT) -> str:
+        assert self.process.stdout is not None
+        line = (await asyncio.wait_for(self.process.stdout.readline(), timeout)).decode()
+        if not line:
+            raise AssertionError(f"dagger-adapter {' '.join(self.args)} closed its output")
+        return line
+
+    async def finish(self, timeout: float = WAIT) -> Ran:
+        out, err = await asyncio.wait_for(self.process.communicate(), timeout)
+        assert self.process.returncode is not None
+        return Ran(self.process.returncode, out.decode(), err.decode())
+
+    async def interrupt(self, timeout: float = WAIT) -> Ran:
+        self.process.send_signal(signal.SIGINT)
+        return await self.finish(timeout)
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+def one_line_error(ran: Ran) -> str:
+    """Assert the run failed with exactly one ``dagger-adapter: error:`` line and no traceback."""
+    lines = [line for line in ran.err.splitlines() if line.strip()]
+    assert "Traceback" not in ran.err, ran.err
+    assert len(lines) == 1 and lines[0].startswith("dagger-adapter: error: "), ran.err
+    return lines[0]
