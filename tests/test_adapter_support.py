@@ -56,5 +56,6 @@ def pipeline_command(task_id: str = "pl-1", **parameters: Any) -> ExecutionComma
 
 def write_workflow(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / "workflows" / name
+    path.parent.mkdir(exist_ok=True)
     path.write_text(text)
     return path

@@ -9,8 +9,9 @@ Inputs: ``{{ inputs.NAME }}`` (spaces optional) in a step's ``run``, ``environme
 ``workdir`` and ``outputs`` paths is replaced by the command's input ``NAME``. A reference
 to an input the command does not give fails the task, naming it. Other ``{{ ... }}`` text
 (Go templates, for instance) is left alone, and so is shell syntax like ``${HOME}``. In the
-shell form (``run`` as a string, run with ``sh -c``) each value is inserted as one
-shell-quoted word, so an input can never inject shell syntax.
+shell form (``run`` as a string, run with ``sh -c``) each value is quoted for where the
+reference stands (bare, inside "...", inside '...'), so the shell always reads the value as
+literal text: an input can never inject shell syntax.
 
 Volumes: every step sees each volume as its dependencies left it (Dagger directories are
 immutable snapshots, so a step's writes flow to the steps that depend on it, not to steps
@@ -83,9 +84,40 @@ def load_workflow(name: str, rules: PathRules) -> tuple[WorkflowDefinition, byte
     except yaml.YAMLError as exc:
         raise permanent(f"workflow {name!r} is not valid YAML: {exc}") from None
     try:
-        return msgspec.convert(data, WorkflowDefinition), source
+        return msgspec.convert(_scalars_as_text(data), WorkflowDefinition), source
     except (msgspec.ValidationError, ValueError) as exc:
         raise permanent(f"workflow {name!r} is not a valid workflow: {exc}") from None
+
+
+def _scalars_as_text(data: Any) -> Any:
+    """YAML reads ``[sleep, 5]`` and ``DEBUG: true`` as numbers and booleans; commands and
+    environment values are text, so such scalars become the text they were written as."""
+    if not isinstance(data, dict):
+        return data
+
+    def text(value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value) if isinstance(value, int | float) else value
+
+    def env(mapping: Any) -> Any:
+        return {k: text(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping
+
+    out = dict(data)
+    if "environment" in out:
+        out["environment"] = env(out["environment"])
+    if isinstance(out.get("steps"), list):
+        steps = []
+        for step in out["steps"]:
+            if isinstance(step, dict):
+                step = dict(step)
+                if isinstance(step.get("run"), list):
+                    step["run"] = [text(a) for a in step["run"]]
+                if "environment" in step:
+                    step["environment"] = env(step["environment"])
+            steps.append(step)
+        out["steps"] = steps
+    return out
 
 
 def plan_workflow(params: WorkflowParameters, rules: PathRules) -> WorkflowPlan:
@@ -150,12 +182,42 @@ def substitute(text: str, inputs: dict[str, str], where: str, *, shell: bool = F
     if unknown:
         known = ", ".join(sorted(inputs)) or "none"
         raise permanent(f"{where} refers to unknown input(s) {', '.join(unknown)} (inputs given: {known})")
+    if shell:
+        return _shell_substitute(text, inputs)
+    return INPUT_REFERENCE.sub(lambda m: inputs[m.group(1)], text)
 
-    def value(match: re.Match[str]) -> str:
-        v = inputs[match.group(1)]
-        return shlex.quote(v) if shell else v
 
-    return INPUT_REFERENCE.sub(value, text)
+def _shell_substitute(script: str, inputs: dict[str, str]) -> str:
+    """Insert each value so the shell reads it as literal text, whatever quotes the reference
+    stands in: bare -> one quoted word; inside "..." -> \\, ", $ and ` escaped; inside '...'
+    -> ' closed, escaped and reopened. POSIX sh quoting rules, scanned left to right."""
+    out: list[str] = []
+    quote: str | None = None  # None, "'" or '"'
+    i = 0
+    while i < len(script):
+        match = INPUT_REFERENCE.match(script, i)
+        if match:
+            value = inputs[match.group(1)]
+            if quote is None:
+                out.append(shlex.quote(value))
+            elif quote == '"':
+                out.append(re.sub(r'([\\"$`])', r"\\\1", value))
+            else:
+                out.append(value.replace("'", "'\\''"))
+            i = match.end()
+            continue
+        char = script[i]
+        out.append(char)
+        if char == "\\" and quote != "'" and i + 1 < len(script):
+            out.append(script[i + 1])  # an escaped character never opens or closes a quote
+            i += 2
+            continue
+        if quote is None and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = None
+        i += 1
+    return "".join(out)
 
 
 async def run_workflow(plan: WorkflowPlan, ctx: RunContext, result: dict[str, Any]) -> None:
