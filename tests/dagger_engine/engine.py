@@ -16,7 +16,7 @@ import graphql
 from tests.dagger_engine import validation
 from tests.dagger_engine.core import EngineCore
 from tests.dagger_engine.modules import module_spec
-from tests.dagger_engine.records import ExecAnswer, ExecMatch, ExecRecord, QueryProblem
+from tests.dagger_engine.records import ExecAnswer, ExecMatch, ExecRecord, QueryProblem, exec_matches
 from tests.dagger_engine.resolvers import executable_schema
 from tests.dagger_engine.server import Listener
 
@@ -86,8 +86,7 @@ class TestEngine:
     @property
     def execs(self) -> list[ExecRecord]:
         """Execs in start order (a snapshot; running ones have ``exit_code is None``)."""
-        with self._core.runner._changed:
-            return list(self._core.runner.records)
+        return self._core.runner.snapshot()
 
     @property
     def current_execs(self) -> int:
@@ -99,13 +98,10 @@ class TestEngine:
 
     def wait_for_exec(self, match: ExecMatch | None = None, *, timeout: float = 10.0) -> ExecRecord:
         """Block until an exec matching ``match`` (any when None) has started; return it."""
-        from tests.dagger_engine.records import ExecRule
-
-        rule = ExecRule(match=match or (lambda _: True), outcome=None)  # type: ignore[arg-type]
         found: list[ExecRecord] = []
 
         def started() -> bool:
-            found[:] = [r for r in self._core.runner.records if rule.matches(r)]
+            found[:] = [r for r in self._core.runner.records if match is None or exec_matches(match, r)]
             return bool(found)
 
         if not self._core.runner.wait_for(started, timeout):
@@ -200,7 +196,11 @@ class TestEngine:
             document = graphql.parse(payload["query"])
         except (ValueError, KeyError, TypeError, graphql.GraphQLError) as bad:
             return 400, _JSON, json.dumps({"errors": [{"message": f"bad request: {bad}"}]}).encode()
-        return 200, _JSON, json.dumps(self._execute(document, payload)).encode()
+        try:
+            response = self._execute(document, payload)
+        except Exception as bug:  # an engine bug: say so rather than drop the connection
+            return 500, {"Content-Type": "text/plain"}, f"test engine error: {bug!r}\n".encode()
+        return 200, _JSON, json.dumps(response).encode()
 
     def _execute(self, document: graphql.DocumentNode, payload: dict[str, Any]) -> dict[str, Any]:
         core = self._core

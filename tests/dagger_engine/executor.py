@@ -78,6 +78,10 @@ class ExecRunner:
                     record.exit_code = -1  # the rule raised: nothing ran
                 self._changed.notify_all()
 
+    def snapshot(self) -> list[ExecRecord]:
+        with self._lock:
+            return list(self.records)
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` holds (checked whenever an exec starts or ends)."""
         with self._changed:

@@ -59,10 +59,15 @@ class ExecRule:
     def matches(self, record: ExecRecord) -> bool:
         if self.remaining is not None and self.remaining <= 0:
             return False
-        if callable(self.match):
-            return bool(self.match(record))
-        prefix = list(self.match)
-        return record.args[: len(prefix)] == prefix
+        return exec_matches(self.match, record)
+
+
+def exec_matches(match: ExecMatch, record: ExecRecord) -> bool:
+    """``match`` is a predicate on the record, or a prefix of its args."""
+    if callable(match):
+        return bool(match(record))
+    prefix = list(match)
+    return record.args[: len(prefix)] == prefix
 
 
 @dataclasses.dataclass(slots=True, frozen=True)
