@@ -114,6 +114,9 @@ async def test_secrets_reach_the_exec_but_records_hold_only_their_names(connecte
     assert record.registry_auths == [("registry.example.com", "robot", "registry-token")]
     assert "s3cr3t-value" not in repr(record)
     assert connected.secret_plaintext("registry-token") == "s3cr3t-value"
+    mounted = dag.container().from_("alpine").with_mounted_secret("/run/token", token).with_exec(["cat", "/run/token"])
+    assert await mounted.stdout() == "***"
+    assert connected.execs[-1].mounts == {"/run/token": ("secret", "registry-token")}
 
 
 async def test_host_directory_is_mounted_and_outputs_export_back(connected: TestEngine, tmp_path: Path) -> None:
@@ -144,6 +147,9 @@ async def test_host_directory_is_mounted_and_outputs_export_back(connected: Test
     assert (target / "report.txt").read_text() == "2 rows\n"
     assert connected.exports == [(str(target), {"report.txt": "2 rows\n"})]
     assert sorted(await ctr.directory("/data").entries()) == ["data.csv", "sub/"]
+    only_txt = dag.host().directory(str(source), include=["**/*.txt"])
+    assert await only_txt.glob("**/*") == ["sub/notes.txt"]
+    assert await dag.host().directory(str(source), exclude=["sub"]).entries() == ["data.csv"]
 
 
 async def test_module_function_is_called_after_serve(dagger_engine: TestEngine) -> None:

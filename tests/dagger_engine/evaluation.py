@@ -128,7 +128,8 @@ class Evaluator:
             stdin=fs.read(op.redirect_stdin) or "" if op.redirect_stdin else op.stdin,
             expect=op.expect,
         )
-        hidden = [value for value in secret_values.values() if value]
+        mounted = [self._secret_value(m.source) for m in state.mounts.values() if isinstance(m.source, SecretState)]
+        hidden = [value for value in [*secret_values.values(), *mounted] if value]
 
         def scrub(text: str) -> str:
             for value in hidden:
