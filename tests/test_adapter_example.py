@@ -63,9 +63,7 @@ def is_step(name: str):  # type: ignore[no-untyped-def]
 
 
 async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEngine, example_dir: Path) -> None:
-    # The engine stands in for the tools it does not emulate: the validation shell line
-    # (a `{ ...; }` group), python: `process` writes the JSON, `summarize` prints it.
-    dagger_engine.on_exec(lambda r: r.args[0] == "sh" and r.args[2].startswith("test -s"), ExecOutcome())
+    # The engine stands in for python: `process` writes the JSON, `summarize` prints it.
     dagger_engine.on_exec(
         is_step("csv.DictReader"),
         ExecOutcome(stdout="wrote results.json: 2 rows\n", files={"/data/results.json": json.dumps(RESULTS)}),
@@ -95,7 +93,8 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
         assert record.workdir == "/data"
         assert record.env["DEBUG"] == "true" and record.env["PYTHONUNBUFFERED"] == "1"
     assert by_name["validate"].mounts == {"/data": ("host", data)}
-    assert by_name["validate"].args[2].startswith("test -s data.csv ||")
+    assert by_name["validate"].args == ["sh", "-c", 'test -s data.csv && echo "found data.csv"']
+    assert steps["validate"]["stdout"] == "found data.csv\n"
     assert by_name["checksum"].args == ["sha256sum", "data.csv"]
     assert by_name["process"].args[-2:] == ["data.csv", "results.json"]
     assert by_name["process"].env["ROUND_DIGITS"] == "2"

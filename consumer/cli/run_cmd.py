@@ -1,16 +1,122 @@
-"""`dagger-adapter run`."""
+"""``dagger-adapter run FILE|-``: execute one command here, in-process, without RabbitMQ.
+
+The same ``DaggerAdapter`` the worker uses (cache, retries, circuit breaker, path rules).
+Step progress goes to stderr (a spinner on a terminal, plain lines otherwise); the result
+goes to stdout. Exit 0: succeeded; 1: failed; 2: the file or the arguments are wrong.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import time
 
-from consumer.cli.common import die
+import msgspec
+from rich.markup import escape
+from rich.status import Status
+
+from consumer.adapter import DaggerAdapter
+from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, config_from
+from consumer.cli.console import notice, stderr_console
+from consumer.cli.submit_cmd import show_result
+from consumer.client.command_file import CommandFileError, read_command
+from consumer.config import DaggerAdapterConfig
+from schemas import ExecutionCommand, ExecutionResult, ExecutionType
+
+_MARKS = {"started": "▶", "succeeded": "[green]✔[/]", "failed": "[red]✘[/]"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("run", help="(not yet implemented)")
+    parser = sub.add_parser(
+        "run",
+        help="execute one command here, without RabbitMQ",
+        description=(
+            "Execute one execution command (JSON or YAML) in this process through the Dagger engine, "
+            "with the worker's cache, retries and path rules, and print its result. Exit 0 if it "
+            "succeeded, 1 if it failed, 2 if the file or the arguments are wrong."
+        ),
+    )
+    parser.add_argument("file", metavar="FILE", help="the command as JSON or YAML; - reads stdin")
+    parser.add_argument("--task-id", help="set the task id (a document without one gets a fresh id)")
+    parser.add_argument("--type", dest="execution_type", choices=[t.value for t in ExecutionType], help="set the type")
+    parser.add_argument("--no-cache", action="store_true", help="neither use nor store a cached result")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    die("'run' is not implemented yet")
+    config = config_from(args)
+    try:
+        command = read_command(args.file, task_id=args.task_id, execution_type=args.execution_type)
+    except CommandFileError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if args.no_cache:
+        command = msgspec.structs.replace(command, parameters={**command.parameters, "cache": False})
+    _quiet_logs(config)
+    result = asyncio.run(execute(config, command))
+    show_result(result, args.json)
+    return EXIT_OK if result.success else EXIT_FAILURE
+
+
+async def execute(config: DaggerAdapterConfig, command: ExecutionCommand) -> ExecutionResult:
+    adapter = DaggerAdapter(config)
+    progress = StepProgress(command.task_id)
+    try:
+        with progress:
+            await adapter.initialize()
+            return await adapter.execute(command, on_progress=progress.update)
+    finally:
+        await adapter.close()
+
+
+class StepProgress:
+    """Steps as they start and end: a spinner naming the running ones on a terminal, one
+    plain line per change otherwise (stderr either way: stdout is for the result)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.console = stderr_console()
+        self.running: dict[str, float] = {}
+        self.spinner: Status | None = None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> StepProgress:
+        if self.console.is_terminal:
+            self.spinner = self.console.status(self._text())
+            self.spinner.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+
+    def _text(self) -> str:
+        doing = ", ".join(self.running) or "starting"
+        return f"task {self.task_id}: {doing} ({time.monotonic() - self.started:.0f} s)"
+
+    def update(self, step: str, state: str, detail: str | None) -> None:
+        if state == "started":
+            self.running[step] = time.monotonic()
+        else:
+            self.running.pop(step, None)
+        line = f"step {step}: {state}" + (f": {detail}" if detail else "")
+        if self.spinner is not None:
+            if state != "started":
+                self.console.print(f"{_MARKS.get(state, '-')} {escape(line)}", highlight=False)
+            self.spinner.update(self._text())
+        else:
+            notice(line)
+
+
+def _quiet_logs(config: DaggerAdapterConfig) -> None:
+    # Warnings (cache unreachable, engine reconnects) are worth a line; request logs are not.
+    level = getattr(logging, config.log_level.upper(), logging.INFO)
+    logging.basicConfig(level=max(level, logging.WARNING), format="dagger-adapter: %(levelname)s: %(message)s")
+    for name in ("httpx", "httpcore", "dagger", "gql"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # The adapter's own task lines repeat what the printed result says.
+    logging.getLogger("consumer.adapter").setLevel(logging.ERROR)
+
+
+__all__ = ["EXIT_USAGE", "StepProgress", "execute", "register", "run"]
