@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from consumer import DaggerAdapter, DaggerAdapterConfig
+from consumer import DaggerAdapter, DaggerAdapterConfig, load_config
 from schemas import ExecutionCommand, ExecutionType
 
 
@@ -33,7 +33,7 @@ def adapter_config(tmp_path: Path, **overrides: Any) -> DaggerAdapterConfig:
         "breaker_reset_seconds": 30.0,
     }
     values.update(overrides)
-    return DaggerAdapterConfig(**values)
+    return load_config(env={}, **values)  # converted and validated like a real configuration
 
 
 @contextlib.asynccontextmanager

@@ -310,3 +310,30 @@ async def test_progress_reports_each_step(dagger_engine: TestEngine, tmp_path: P
         )
     assert events == [("one", "started"), ("one", "succeeded"), ("two", "started"), ("two", "failed")]
     assert dagger_engine.execs[0].args == ["echo", "1"]  # a YAML number in `run` is passed as the text written
+
+
+async def test_configured_registry_qualifies_images_and_its_credentials_are_attached(
+    dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    config = adapter_config(
+        tmp_path,
+        container_registry="registry.example.com",
+        container_credentials={"token": "cfg-token-123"},
+    )
+    async with started(config) as adapter:
+        result = await adapter.execute(
+            workflow_command(
+                workflow_definition={
+                    "steps": [
+                        {"name": "short", "image": "python:3.12", "run": ["echo", "a"]},
+                        {"name": "named", "image": "ghcr.io/acme/tool:1", "run": ["echo", "b"]},
+                    ]
+                }
+            )
+        )
+    assert result.success, result.error
+    short, named = sorted(dagger_engine.execs, key=lambda r: r.args)
+    assert short.image == "registry.example.com/python:3.12"  # no registry named: the configured one
+    assert named.image == "ghcr.io/acme/tool:1"
+    assert short.registry_auths == [("registry.example.com", "token", "wf-1/registry/registry.example.com")]
+    assert "cfg-token-123" not in repr(result)
