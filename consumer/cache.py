@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "dagger-adapter:result:"
 KEY_VERSION = 1  # bump when the key material changes shape: old entries stop matching
+# After a Valkey failure, executions skip the cache for this long instead of each waiting on
+# a connect timeout (a black-holed Valkey would otherwise slow every task down).
+OUTAGE_BACKOFF_SECONDS = 15.0
 _NOT_RESULT_AFFECTING = ("cache", "enable_retry", "secrets", "registry_auth")
 
 
@@ -117,6 +121,7 @@ class CacheManager:
         data_directory: str | os.PathLike[str],
         ttl_seconds: int,
         enabled: bool = True,
+        outage_backoff_seconds: float = OUTAGE_BACKOFF_SECONDS,
     ) -> None:
         self._configured_url = url
         self._data_directory = Path(data_directory)
@@ -127,6 +132,8 @@ class CacheManager:
         self._url: str | None = url
         self._healthy = False
         self._warned = False
+        self._skip_until = 0.0
+        self._outage_backoff = outage_backoff_seconds
 
     @property
     def url(self) -> str | None:
@@ -135,9 +142,9 @@ class CacheManager:
 
     @property
     def in_use(self) -> bool:
-        """Whether results are looked up at all (caching enabled and a Valkey configured or
-        started); lookups may still fail while Valkey is down."""
-        return self.enabled and self._client is not None
+        """Whether results are looked up now: caching enabled, a Valkey configured or started,
+        and not backing off after a recent failure."""
+        return self.enabled and self._client is not None and time.monotonic() >= self._skip_until
 
     @property
     def available(self) -> bool:
@@ -172,7 +179,7 @@ class CacheManager:
         return server
 
     async def get(self, key: str) -> ExecutionResult | None:
-        if self._client is None:
+        if self._client is None or not self.in_use:
             return None
         try:
             raw = await self._client.get(key)
@@ -189,7 +196,7 @@ class CacheManager:
             return None
 
     async def put(self, key: str, result: ExecutionResult) -> bool:
-        if self._client is None:
+        if self._client is None or not self.in_use:
             return False
         try:
             await self._client.set(key, encode(result), ex=self.ttl_seconds)
@@ -218,6 +225,7 @@ class CacheManager:
 
     def _warn(self, message: str) -> None:
         self._healthy = False
+        self._skip_until = time.monotonic() + self._outage_backoff
         if not self._warned:  # once per outage, not once per task
             log.warning(message)
             self._warned = True

@@ -115,11 +115,6 @@ class DaggerEngine:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def ping(self) -> str:
-        """A cheap engine round trip (``{ version }``)."""
-        async with self.session() as session:
-            return await session.client.version()
-
     async def close(self) -> None:
         generation, self._current = self._current, None
         if generation is not None:

