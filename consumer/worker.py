@@ -188,6 +188,7 @@ class Worker:
             ) from None
         # Declared on robust channels: after a reconnect they re-declare all of it themselves.
         self._topology = await declare(self._connection, self.spec)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._consume_channel = await self._connection.channel()
         await self._consume_channel.set_qos(prefetch_count=self.capacity)
         tasks_queue = next(q for q in self.spec.queues if q.name == self.spec.tasks_queue)
@@ -273,6 +274,9 @@ class Worker:
                 self.config.timeout_seconds,
                 self.config.broker_consumer_timeout_seconds,
             )
+
+    def _on_reconnect(self, *_: Any) -> None:
+        log.warning("reconnected to RabbitMQ: topology re-declared, consuming again; running executions continue")
 
     # ================================================================ consuming on and off
 
@@ -384,7 +388,7 @@ class Worker:
         # Every log line from here on names the task.
         with task_context(command.task_id, delivery.attempt):
             await self._status(command, TaskState.RECEIVED, delivery.attempt)
-            if await self._answer_from_ledger(delivery, command):
+            if await self._answer_from_ledger(delivery, command, leased=False):
                 return
             if self._stopping:
                 await self._settle(delivery, requeue=True)
@@ -399,7 +403,7 @@ class Worker:
                     return
                 async with lease:
                     # Finished by someone else between our first look and our lease?
-                    if await self._answer_from_ledger(delivery, command):
+                    if await self._answer_from_ledger(delivery, command, leased=True):
                         return
                     if self.adapter.circuit_state == "open":
                         await self._postpone_open_circuit(delivery, command)
@@ -507,8 +511,11 @@ class Worker:
             await self._status(command, TaskState.DEAD_LETTERED, result.attempts, detail=result.error)
         log.info("outcome published", extra={"outcome": result.outcome.value})
 
-    async def _answer_from_ledger(self, delivery: Delivery, command: ExecutionCommand) -> bool:
-        """True when the task already has an outcome and this delivery is settled from it."""
+    async def _answer_from_ledger(self, delivery: Delivery, command: ExecutionCommand, *, leased: bool) -> bool:
+        """True when the task already has an outcome and this delivery is settled from it.
+
+        An outcome recorded but not yet published for this very message is finished only under
+        the task's lease: without it, the handler that recorded it may still be publishing."""
         stored = await self._require_ledger().outcome(command.task_id)
         if stored is None:
             return False
@@ -519,7 +526,9 @@ class Worker:
         if same_message and stored.published:
             log.info("redelivered command whose outcome was already published; acking it")
         elif same_message:
-            # We recorded it but did not get to publish it (crash, broker restart): finish the job.
+            if not leased:
+                return False
+            log.info("outcome recorded but not published (worker died or lost the broker); publishing it")
             await self._publish_outcome(delivery, command, stored)
             await self._require_ledger().mark_published(stored)
         else:

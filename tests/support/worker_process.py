@@ -55,6 +55,7 @@ def worker_settings(
         "delivery_limit": TEST_DELIVERY_LIMIT,
         "worker_id": worker_id or f"w-{uuid.uuid4().hex[:6]}",
         "heartbeat_interval_seconds": 0.3,
+        "timeout_seconds": 120,
         "lease_seconds": 1.5,
         "retry_backoff_factor": 0.1,
         "breaker_reset_seconds": 0.5,
@@ -115,7 +116,6 @@ class WorkerProcess:
         return self.process.returncode
 
     def output(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -138,9 +138,12 @@ class WorkerProcess:
 class Observer:
     """Everything a worker publishes on the results and status exchanges, as it arrives."""
 
-    def __init__(self, connection: AbstractRobustConnection, spec: Topology) -> None:
+    def __init__(self, connection: AbstractRobustConnection, spec: Topology, durable_queue: str | None = None) -> None:
+        """With ``durable_queue``, events wait for the observer in a durable queue of that name
+        while it is disconnected (a broker restart); otherwise the queue is exclusive."""
         self.connection = connection
         self.spec = spec
+        self.durable_queue = durable_queue
         self.results: list[ExecutionResult] = []
         self.result_keys: list[str] = []
         self.events: list[StatusEvent] = []
@@ -152,7 +155,10 @@ class Observer:
         self.channel = await self.connection.channel()
         results = await self.channel.declare_exchange(self.spec.results_exchange, "topic", durable=True)
         status = await self.channel.declare_exchange(self.spec.status_exchange, "topic", durable=True)
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        if self.durable_queue:
+            queue = await self.channel.declare_queue(self.durable_queue, durable=True)
+        else:
+            queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(results, "#")
         await queue.bind(status, "#")
         await queue.consume(self._on_message, no_ack=True)
