@@ -85,11 +85,15 @@ class DaggerAdapter(AgentAdapter):
                 return
             await self._cache.start()
             try:
-                await self._engine.connect()
+                # Bounded: without an engine session the SDK provisions one (CLI start, maybe a
+                # download), and start-up must not hang on that.
+                async with asyncio.timeout(3 * self.config.engine_connect_timeout_seconds):
+                    await self._engine.connect()
             except Exception as exc:
-                log.warning(
-                    "Dagger engine not reachable at start-up (%s); will retry per execution", classify(exc).message
+                why = (
+                    "no session within the connect timeout" if isinstance(exc, TimeoutError) else classify(exc).message
                 )
+                log.warning("Dagger engine not reachable at start-up (%s); will retry per execution", why)
             self._initialized = True
             self._closed = False
 
