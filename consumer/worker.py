@@ -29,6 +29,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from aio_pika.abc import (
     AbstractRobustQueue,
 )
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from valkey.exceptions import ValkeyError
 
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
 from consumer.ledger import Ledger, StoredOutcome
@@ -76,9 +78,9 @@ PUBLISH_PATIENCE_SECONDS = 60.0
 STATUS_PATIENCE_SECONDS = 10.0
 # After the drain timeout, how long cancelled executions get to requeue their commands.
 SETTLE_GRACE_SECONDS = 10.0
-# A transient infrastructure error (Valkey, broker) while handling a message: wait this long
-# before requeueing it, so that an outage does not spin messages through the queue.
-REQUEUE_BACKOFF_SECONDS = 1.0
+# A command we could not handle (Valkey down, a defect) waits this long before it is looked at again.
+REQUEUE_DELAY_SECONDS = 1.0
+VALKEY_PROBE_SECONDS = 1.0
 # The shortest wait before a postponed command (task leased elsewhere, circuit open) is looked at again.
 MIN_POSTPONE_SECONDS = 0.2
 
@@ -147,6 +149,7 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._circuit_changed = asyncio.Event()
         self._consumer_tag: str | None = None
+        self._paused_for: set[str] = set()  # dependencies that are down ("engine", "valkey")
         self._consume_lock = asyncio.Lock()
 
         self._connection: AbstractRobustConnection | None = None
@@ -166,6 +169,11 @@ class Worker:
             await self.drain()
         finally:
             await self.shutdown()
+
+    @property
+    def in_flight(self) -> int:
+        """Commands received and not yet settled (acked, put back or requeued)."""
+        return len(self._handlers)
 
     def request_stop(self) -> None:
         """Begin a graceful stop (the SIGTERM/SIGINT handler calls this)."""
@@ -282,7 +290,7 @@ class Worker:
 
     async def _start_consuming(self) -> None:
         async with self._consume_lock:
-            if self._consumer_tag is None and not self._stopping and self._queue is not None:
+            if self._consumer_tag is None and not self._paused_for and not self._stopping and self._queue is not None:
                 self._consumer_tag = await self._queue.consume(self._on_message)
 
     async def _stop_consuming(self) -> None:
@@ -301,44 +309,64 @@ class Worker:
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
 
-    # ================================================================ engine circuit breaker
+    # ================================================================ pausing while a dependency is down
 
-    def _on_circuit_change(self, state: str) -> None:
-        log.info("engine circuit %s", state)
-        self._circuit_changed.set()
-
-    async def _follow_circuit(self) -> None:
-        """Circuit open: stop consuming (commands stay queued) and probe the engine; resume after a
-        successful probe."""
-        while not self._stopping:
-            await self._circuit_changed.wait()
-            self._circuit_changed.clear()
-            if self.adapter.circuit_state != "open" or self._stopping:
-                continue
-            await self._stop_consuming()
-            log.warning("engine unavailable: stopped consuming until a probe succeeds")
-            while not self._stopping:
+    async def _pause_until(self, reason: str, recovered: Callable[[], Awaitable[bool]], every: float) -> None:
+        """Stop consuming (commands stay queued: nothing is tried, nothing is dead-lettered) and
+        check ``recovered()`` every ``every`` seconds; consume again once it holds and nothing else
+        keeps the worker paused."""
+        if reason in self._paused_for:
+            return
+        self._paused_for.add(reason)
+        await self._stop_consuming()
+        log.warning("%s unavailable: stopped consuming until it is back", reason)
+        try:
+            while not self._stop_requested.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), timeout=self.config.breaker_reset_seconds)
-                if self._stopping or self._stop_requested.is_set():
+                    await asyncio.wait_for(self._stop_requested.wait(), timeout=every)
+                if self._stop_requested.is_set():
                     return
                 try:
-                    recovered = await self.adapter.probe()
+                    if await recovered():
+                        break
                 except Exception as exc:
-                    log.info("engine probe failed: %s", exc)
-                    recovered = False
-                if recovered:
-                    break
-            await self._resume_consuming()
-            log.info("engine available again: consuming")
-
-    async def _resume_consuming(self) -> None:
+                    log.info("%s still unavailable: %s", reason, exc)
+        finally:
+            self._paused_for.discard(reason)
+        log.info("%s available again", reason)
         # The broker may be reconnecting right now: keep trying until it takes the consumer.
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(BROKER_ERRORS), wait=wait_exponential(multiplier=0.2, max=5), reraise=True
         ):
             with attempt:
                 await self._start_consuming()
+
+    def _on_circuit_change(self, state: str) -> None:
+        log.info("engine circuit %s", state)
+        self._circuit_changed.set()
+
+    async def _follow_circuit(self) -> None:
+        """Engine circuit open: pause, and let a half-open probe through every breaker_reset_seconds."""
+        while not self._stopping:
+            await self._circuit_changed.wait()
+            self._circuit_changed.clear()
+            if self.adapter.circuit_state == "open" and not self._stopping:
+                await self._pause_until("engine", self.adapter.probe, self.config.breaker_reset_seconds)
+
+    async def _ledger_failed(self, exc: Exception) -> None:
+        """Valkey down: without the ledger no outcome can be recorded, so pause rather than spin
+        commands through the queue (where the delivery limit would dead-letter them)."""
+        if "valkey" not in self._paused_for and self._ledger is not None:
+            log.warning("Valkey error: %s", exc)
+            ledger = self._ledger
+
+            async def valkey_answers() -> bool:
+                await ledger.ping()
+                return True
+
+            self._background.append(
+                asyncio.create_task(self._pause_until("valkey", valkey_answers, VALKEY_PROBE_SECONDS))
+            )
 
     # ================================================================ heartbeat
 
@@ -374,10 +402,24 @@ class Worker:
         with task_context(None, delivery.attempt):
             try:
                 await self._process(delivery)
+            except ValkeyError as exc:
+                await self._ledger_failed(exc)
+                await self._put_back(delivery, "Valkey unavailable")
             except Exception:
-                log.exception("could not handle a command; it goes back to the queue")
-                await asyncio.sleep(REQUEUE_BACKOFF_SECONDS)
-                await self._settle(delivery, requeue=True)
+                log.exception("could not handle a command")
+                await self._put_back(delivery, "internal error")
+
+    async def _put_back(self, delivery: Delivery, why: str) -> None:
+        """A command we could not handle for a reason of our own: back to the queue after a delay,
+        as the same attempt. When even that fails (broker trouble), requeue it."""
+        try:
+            await self._send_to_retry(delivery, REQUEUE_DELAY_SECONDS, attempts=delivery.attempts_before)
+            log.info("command put back (%s)", why)
+            await self._settle(delivery)
+        except Exception as exc:
+            log.warning("could not put the command back (%s); requeueing it", exc)
+            await asyncio.sleep(REQUEUE_DELAY_SECONDS)
+            await self._settle(delivery, requeue=True)
 
     async def _process(self, delivery: Delivery) -> None:
         try:

