@@ -88,6 +88,7 @@ async def test_failed_task_is_listed_replayed_once_and_then_runs(
     failed = await run_cli("submit", "-", "--wait", "--timeout", "60", env=env, stdin=DEPLOY)
     assert failed.code == 1, failed.err
     assert "e2e-deploy" in failed.out and "failed" in failed.out
+    assert "task e2e-deploy: running" in failed.err  # progress, as lines when stderr is no terminal
 
     listed = await run_cli("dlq", "list", "--json", env=env)
     assert listed.code == 0, listed.err

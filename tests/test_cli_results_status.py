@@ -152,20 +152,25 @@ async def test_status_shows_workers_from_heartbeats_and_queue_depths(
 async def test_status_watch_refreshes_until_ctrl_c(
     amqp_url: str, topology_spec: Topology, declared: DeclaredTopology
 ) -> None:
-    running = await Running.start(
-        "status", "--watch", "--interval", "0.2", "--json", env=cli_env(amqp_url, topology_spec)
-    )
+    env = cli_env(amqp_url, topology_spec)
+    as_json = await Running.start("status", "--watch", "--interval", "0.2", "--json", env=env)
+    human = await Running.start("status", "--watch", "--interval", "0.2", env=env)
     try:
-        await running.stderr_line("listening for worker heartbeats")
-        assert json.loads(await running.stdout_line())["workers"] == []
+        await as_json.stderr_line("listening for worker heartbeats")
+        await human.stderr_line("listening for worker heartbeats")
+        assert json.loads(await as_json.stdout_line())["workers"] == []
         await heartbeat(declared, "late-worker", 2, 8)
-        while not (doc := json.loads(await running.stdout_line()))["workers"]:
+        while not (doc := json.loads(await as_json.stdout_line()))["workers"]:
             pass  # each refresh is a new line; wait for the one that heard the heartbeat
-        ran = await running.interrupt()
+        while "late-worker" not in (line := await human.stdout_line()):
+            pass  # off a terminal, each refresh is printed anew
+        ran, human_ran = await as_json.interrupt(), await human.interrupt()
     finally:
-        running.kill()
+        as_json.kill()
+        human.kill()
     assert doc["workers"][0]["worker_id"] == "late-worker" and doc["workers"][0]["capacity"] == 8
-    assert ran.code == 0 and "Traceback" not in ran.err
+    assert "2/8" in line
+    assert ran.code == human_ran.code == 0 and "Traceback" not in ran.err + human_ran.err
 
 
 async def test_status_without_a_topology_is_one_line_exit_1(amqp_url: str, topology_spec: Topology) -> None:

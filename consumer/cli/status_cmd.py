@@ -125,6 +125,11 @@ async def watch(connection: AbstractConnection, spec: Topology, workers: Workers
             print_json({"workers": workers.rows(datetime.now(UTC)), "queues": await queue_depths(connection, spec)})
             await asyncio.sleep(args.interval)
     console = stdout_console()
+    if not console.is_terminal:  # no screen to redraw: one snapshot after the other
+        while True:
+            console.print(render(workers, await queue_depths(connection, spec), datetime.now(UTC)))
+            console.file.flush()
+            await asyncio.sleep(args.interval)
     with Live(console=console, auto_refresh=False) as live:
         while True:
             live.update(render(workers, await queue_depths(connection, spec), datetime.now(UTC)), refresh=True)
