@@ -157,6 +157,27 @@ async def test_dlq_purge_needs_confirmation(
     assert empty.code == 0 and "is empty" in empty.out
 
 
+async def test_dlq_show_never_prints_secrets_but_replay_keeps_them(
+    amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    parameters = {
+        "container_image": "registry.example.com/app:1",
+        "command": ["deploy"],
+        "secrets": {"API_TOKEN": "s3cr3t-token-value"},
+        "registry_auth": {"username": "ci", "password": "hunter2-password"},
+    }
+    letter_id = await put_dead_letter(declared, command(task_id="t-secret", parameters=parameters))
+    env = cli_env(amqp_url, topology_spec)
+    for args in (("--json",), ()):
+        shown = await run_cli("dlq", "show", letter_id, *args, env=env)
+        assert shown.code == 0, shown.err
+        assert "s3cr3t-token-value" not in shown.out and "hunter2-password" not in shown.out
+        assert "API_TOKEN" in shown.out and "***" in shown.out
+    assert (await run_cli("dlq", "replay", letter_id, env=env)).code == 0
+    [message] = await tasks_messages(amqp, topology_spec)
+    assert b"s3cr3t-token-value" in message.body and b"hunter2-password" in message.body
+
+
 async def test_dlq_errors_are_one_line(amqp_url: str, topology_spec: Topology) -> None:
     missing = await run_cli("dlq", "list", env=cli_env(amqp_url, topology_spec))
     assert missing.code == 1 and topology_spec.dead_queue in one_line_error(missing)

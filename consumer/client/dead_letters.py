@@ -42,6 +42,7 @@ from topology import Topology
 # Headers that describe a past death; a replayed message starts afresh without them.
 _DEATH_HEADERS = {ATTEMPTS, ERROR, ERROR_CATEGORY, DEAD_LETTERED_AT, WORKER_ID, "x-delivery-count"}
 _DEATH_PREFIXES = ("x-death", "x-first-death-", "x-last-death-")
+REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,10 @@ class DeadLetter:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """The full message: summary, properties, headers and body (what ``dlq show`` prints)."""
+        """The full message: summary, properties, headers and body (what ``dlq show`` prints).
+        Secret values and registry passwords in the body are shown as ``***``."""
         try:
-            body: Any = msgspec.json.decode(self.body)
+            body: Any = redact_command(msgspec.json.decode(self.body))
         except msgspec.DecodeError:
             body = self.body.decode("utf-8", "replace")
         return {
@@ -300,6 +302,21 @@ def replay_message(letter: DeadLetter, replay_id: str) -> aio_pika.Message:
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         timestamp=utcnow(),
     )
+
+
+def redact_command(body: Any) -> Any:
+    """A command body safe to print: ``parameters.secrets`` values and ``registry_auth``
+    password/token replaced by ``***`` (the message itself, and a replay, keep them)."""
+    parameters = body.get("parameters") if isinstance(body, dict) else None
+    if not isinstance(parameters, dict):
+        return body
+    parameters = dict(parameters)
+    if isinstance(parameters.get("secrets"), dict):
+        parameters["secrets"] = {name: REDACTED for name in parameters["secrets"]}
+    auth = parameters.get("registry_auth")
+    if isinstance(auth, dict):
+        parameters["registry_auth"] = {k: REDACTED if k in ("password", "token") else v for k, v in auth.items()}
+    return {**body, "parameters": parameters}
 
 
 def jsonable(value: Any) -> Any:
