@@ -284,7 +284,7 @@ class Worker:
             )
 
     def _on_reconnect(self, *_: Any) -> None:
-        log.warning("reconnected to RabbitMQ: topology re-declared, consuming again; running executions continue")
+        log.warning("reconnected to RabbitMQ (topology re-declared); running executions carry on")
 
     # ================================================================ consuming on and off
 
@@ -404,17 +404,20 @@ class Worker:
                 await self._process(delivery)
             except ValkeyError as exc:
                 await self._ledger_failed(exc)
-                await self._put_back(delivery, "Valkey unavailable")
+                await self._put_back(delivery)
             except Exception:
-                log.exception("could not handle a command")
-                await self._put_back(delivery, "internal error")
+                # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
+                # delivery limit dead-letters a command that keeps failing this way.
+                log.exception("could not handle a command; requeueing it")
+                await asyncio.sleep(REQUEUE_DELAY_SECONDS)
+                await self._settle(delivery, requeue=True)
 
-    async def _put_back(self, delivery: Delivery, why: str) -> None:
-        """A command we could not handle for a reason of our own: back to the queue after a delay,
-        as the same attempt. When even that fails (broker trouble), requeue it."""
+    async def _put_back(self, delivery: Delivery) -> None:
+        """Valkey is down: the command goes back to the queue as the same attempt, through a retry
+        tier (a requeue would count a delivery, and the delivery limit would dead-letter it)."""
         try:
             await self._send_to_retry(delivery, REQUEUE_DELAY_SECONDS, attempts=delivery.attempts_before)
-            log.info("command put back (%s)", why)
+            log.info("command put back until Valkey is available")
             await self._settle(delivery)
         except Exception as exc:
             log.warning("could not put the command back (%s); requeueing it", exc)
@@ -507,11 +510,10 @@ class Worker:
             await self._postpone_open_circuit(delivery, command)
             return
         policy = self.adapter.retry_policy
-        category = result.error_category or ErrorCategory.PERMANENT
-        if enable_retry and policy.is_retryable(category):
-            if delivery.attempt <= policy.max_retries:
-                await self._retry(delivery, command, result)
-                return
+        if policy.should_retry(result.error_category, delivery.attempt, enabled=enable_retry):
+            await self._retry(delivery, command, result)
+            return
+        if enable_retry and policy.is_retryable(result.error_category):
             result = msgspec.structs.replace(
                 result, error=f"{result.error} (gave up after {delivery.attempt} attempts)"
             )
