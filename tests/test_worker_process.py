@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from schemas import ExecutionCommand, ExecutionType
+from schemas import ExecutionCommand, ExecutionType, encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
 from tests.support.worker_process import (
     Observer,
@@ -68,7 +68,7 @@ def spawn(
             valkey_url=valkey_url,
             spec=topology_spec,
             work_dir=tmp_path,
-            engine_env=dagger_engine.session_env(),
+            engine_env=overrides.pop("engine_env", dagger_engine.session_env()),
             **overrides,
         )
         process = WorkerProcess(settings, tmp_path / f"worker-{len(processes)}.log", *args)
@@ -214,3 +214,19 @@ async def test_start_up_problems_are_told_clearly(spawn: Spawn) -> None:
     last = output.strip().splitlines()[-1]
     assert last.startswith("dagger-adapter: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:")
     assert "Traceback" not in output
+
+
+async def test_the_worker_can_have_the_sdk_start_the_dagger_cli(
+    spawn: Spawn, observer: Observer, channel: AbstractChannel, topology_spec: Topology
+) -> None:
+    # No session in the environment: the SDK runs `_EXPERIMENTAL_DAGGER_CLI_BIN session` and
+    # talks to the engine that CLI stands for.
+    cli = Path(__file__).parent / "dagger_engine" / "cli.py"
+    worker = spawn(engine_env={"_EXPERIMENTAL_DAGGER_CLI_BIN": str(cli)})
+    await observer.wait_ready(worker.worker_id)
+    await publish_command(channel, topology_spec, command("via-cli", "echo", "hello from the cli engine"))
+    await observer.wait_for(lambda: observer.results_for("via-cli"), 60, "the result")
+    (result,) = observer.results_for("via-cli")
+    assert result.success and "hello from the cli engine" in encode(result).decode()
+    worker.terminate()
+    assert await worker.wait(30) == 0
