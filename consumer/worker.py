@@ -464,7 +464,7 @@ class Worker:
         None when the drain cancelled it."""
         await self._status(command, TaskState.RUNNING, delivery.attempt)
         execution = asyncio.create_task(
-            self.adapter.execute(command, attempt=delivery.attempt, in_process_retries=False)
+            self.adapter.execute(command, attempt=delivery.attempt, in_process_retries=False, on_progress=_log_progress)
         )
         self._executions.add(execution)
         beats = asyncio.create_task(self._task_heartbeats(command, delivery.attempt))
@@ -802,6 +802,11 @@ class Worker:
 
 
 # ==================================================================== helpers
+
+
+def _log_progress(step: str, state: str, detail: str | None) -> None:
+    # The detail (output tails) stays out of the log: it is the task owner's, in the result.
+    log.info("step %s %s", step, state, extra={"step": step, "step_state": state})
 
 
 def _is_being_cancelled() -> bool:
