@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -17,12 +16,6 @@ from consumer.client import ClientError, ExecutionClient
 from consumer.client.command_file import CommandFileError
 from consumer.config import DaggerAdapterConfig, topology_for
 from schemas import InvalidMessage
-
-
-def quiet_amqp_logs() -> None:
-    """aio-pika logs connection failures itself; the CLI reports them as one line instead."""
-    for name in ("aio_pika", "aiormq"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -40,7 +33,6 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 @contextlib.asynccontextmanager
 async def client_for(config: DaggerAdapterConfig) -> AsyncIterator[ExecutionClient]:
     """A started ``ExecutionClient`` on a fresh connection (closed on exit)."""
-    quiet_amqp_logs()
     async with connect(config.amqp_url) as connection:
         client = ExecutionClient(connection, topology_for(config))
         try:

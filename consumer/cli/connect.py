@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -13,8 +14,15 @@ from consumer.cli.common import CliError
 from consumer.config import redact_url
 
 
+def quiet_amqp_logs() -> None:
+    """aio-pika logs connection failures itself; the CLI reports them as one line instead."""
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @contextlib.asynccontextmanager
 async def connect(url: str, timeout: float = 10.0) -> AsyncIterator[AbstractRobustConnection]:
+    quiet_amqp_logs()
     try:
         connection = await aio_pika.connect_robust(url, timeout=timeout, fail_fast=True)
     except aiormq.exceptions.ProbableAuthenticationError:

@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from consumer.cli.arg_types import positive_int
-from consumer.cli.broker_session import quiet_amqp_logs, run_async
+from consumer.cli.broker_session import run_async
 from consumer.cli.common import EXIT_OK, EXIT_USAGE, CliError, config_from
 from consumer.cli.connect import connect
 from consumer.cli.console import print_json, stdout_console
@@ -87,7 +87,6 @@ def _run(args: argparse.Namespace, action: Any) -> int:
     config = config_from(args)
 
     async def go() -> int:
-        quiet_amqp_logs()
         async with connect(config.amqp_url) as connection:
             return int(await action(DeadLetterQueue(connection, topology_for(config)), config))
 

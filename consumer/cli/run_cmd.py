@@ -16,7 +16,6 @@ import msgspec
 from rich.markup import escape
 from rich.status import Status
 
-from consumer.adapter import DaggerAdapter
 from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, config_from
 from consumer.cli.console import notice, stderr_console
 from consumer.cli.submit_cmd import show_result
@@ -60,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def execute(config: DaggerAdapterConfig, command: ExecutionCommand) -> ExecutionResult:
+    from consumer.adapter import DaggerAdapter  # here, not at the top: the SDK is slow to import
+
     adapter = DaggerAdapter(config)
     progress = StepProgress(command.task_id)
     try:
