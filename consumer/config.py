@@ -38,7 +38,8 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     container_credentials: RegistryCredentials | None = None
     workflow_directory: str = "./workflows"
     max_concurrent_executions: PositiveInt = 4
-    timeout_seconds: PositiveFloat = 3600.0
+    # Below RabbitMQ's default consumer_timeout (30 min), so defaults never trip it; raise both together.
+    timeout_seconds: PositiveFloat = 1500.0
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=50)] = 3
     retry_backoff_factor: NonNegativeFloat = 1.0  # delay before retry n (0-based) = factor * 2**n s
     retry_jitter: bool = True
