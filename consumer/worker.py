@@ -93,8 +93,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class BrokerUnreachable(RuntimeError):
-    """RabbitMQ could not be reached (or refused us) at start-up."""
+class StartupFailed(RuntimeError):
+    """RabbitMQ or Valkey could not be reached (or refused us) at start-up; the message is one line, no secrets."""
 
 
 @dataclass(frozen=True)
@@ -189,9 +189,9 @@ class Worker:
                 self.config.amqp_url, timeout=10, fail_fast=True, reconnect_interval=1
             )
         except aiormq.exceptions.ProbableAuthenticationError:
-            raise BrokerUnreachable(f"RabbitMQ at {redact_url(self.config.amqp_url)} refused the credentials") from None
+            raise StartupFailed(f"RabbitMQ at {redact_url(self.config.amqp_url)} refused the credentials") from None
         except BROKER_ERRORS as exc:
-            raise BrokerUnreachable(
+            raise StartupFailed(
                 f"cannot reach RabbitMQ at {redact_url(self.config.amqp_url)}: {exc or type(exc).__name__}"
             ) from None
         # Declared on robust channels: after a reconnect they re-declare all of it themselves.
@@ -209,7 +209,7 @@ class Worker:
         await self.adapter.initialize()
         valkey_url = self.adapter.valkey_url or self.config.valkey_url
         if valkey_url is None:
-            raise RuntimeError(
+            raise StartupFailed(
                 "the worker needs Valkey for its idempotency ledger: set valkey_url, or enable caching "
                 "(caching_enabled) so that an embedded Valkey is started"
             )
@@ -219,7 +219,10 @@ class Worker:
             lease_seconds=self.config.lease_seconds,
             outcome_ttl_seconds=max(self.config.cache_ttl_seconds, 86400),
         )
-        await self._ledger.ping()
+        try:
+            await self._ledger.ping()
+        except ValkeyError as exc:
+            raise StartupFailed(f"cannot reach Valkey at {redact_url(valkey_url)}: {exc}") from None
         self.adapter.add_circuit_listener(self._on_circuit_change)
 
         await self._start_consuming()
@@ -364,9 +367,9 @@ class Worker:
                 await ledger.ping()
                 return True
 
-            self._background.append(
-                asyncio.create_task(self._pause_until("valkey", valkey_answers, VALKEY_PROBE_SECONDS))
-            )
+            with task_context(None):  # the pause is the worker's, not the task's that ran into it
+                pause = asyncio.create_task(self._pause_until("valkey", valkey_answers, VALKEY_PROBE_SECONDS))
+            self._background.append(pause)
 
     # ================================================================ heartbeat
 
@@ -399,18 +402,29 @@ class Worker:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         delivery = Delivery.of(message)
-        with task_context(None, delivery.attempt):
-            try:
-                await self._process(delivery)
-            except ValkeyError as exc:
-                await self._ledger_failed(exc)
-                await self._put_back(delivery)
-            except Exception:
-                # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
-                # delivery limit dead-letters a command that keeps failing this way.
-                log.exception("could not handle a command; requeueing it")
-                await asyncio.sleep(REQUEUE_DELAY_SECONDS)
-                await self._settle(delivery, requeue=True)
+        try:
+            command, params = decode_command(message.body)
+        except InvalidMessage as exc:
+            with task_context(exc.task_id, delivery.attempt):
+                await self._guarded(delivery, self._reject_invalid(delivery, exc))
+            return
+        # Every log line about this message names its task, the failure paths' included.
+        with task_context(command.task_id, delivery.attempt):
+            await self._guarded(delivery, self._process(delivery, command, params.enable_retry))
+
+    async def _guarded(self, delivery: Delivery, handling: Awaitable[None]) -> None:
+        """Run ``handling``; a message it could not settle goes back to the queue, never dropped."""
+        try:
+            await handling
+        except ValkeyError as exc:
+            await self._ledger_failed(exc)
+            await self._put_back(delivery)
+        except Exception:
+            # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
+            # delivery limit dead-letters a command that keeps failing this way.
+            log.exception("could not handle a command; requeueing it")
+            await asyncio.sleep(REQUEUE_DELAY_SECONDS)
+            await self._settle(delivery, requeue=True)
 
     async def _put_back(self, delivery: Delivery) -> None:
         """Valkey is down: the command goes back to the queue as the same attempt, through a retry
@@ -424,40 +438,33 @@ class Worker:
             await asyncio.sleep(REQUEUE_DELAY_SECONDS)
             await self._settle(delivery, requeue=True)
 
-    async def _process(self, delivery: Delivery) -> None:
-        try:
-            command, params = decode_command(delivery.message.body)
-        except InvalidMessage as exc:
-            await self._reject_invalid(delivery, exc)
+    async def _process(self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool) -> None:
+        await self._status(command, TaskState.RECEIVED, delivery.attempt)
+        if await self._answer_from_ledger(delivery, command, leased=False):
             return
-        # Every log line from here on names the task.
-        with task_context(command.task_id, delivery.attempt):
-            await self._status(command, TaskState.RECEIVED, delivery.attempt)
-            if await self._answer_from_ledger(delivery, command, leased=False):
-                return
+        if self._stopping:
+            await self._settle(delivery, requeue=True)
+            return
+        async with self._slots:
             if self._stopping:
                 await self._settle(delivery, requeue=True)
                 return
-            async with self._slots:
-                if self._stopping:
+            lease = await self._require_ledger().try_lease(command.task_id, self.worker_id)
+            if lease is None:
+                await self._postpone_leased(delivery, command)
+                return
+            async with lease:
+                # Finished by someone else between our first look and our lease?
+                if await self._answer_from_ledger(delivery, command, leased=True):
+                    return
+                if self.adapter.circuit_state == "open":
+                    await self._postpone_open_circuit(delivery, command)
+                    return
+                result = await self._execute(command, delivery)
+                if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
                     await self._settle(delivery, requeue=True)
                     return
-                lease = await self._require_ledger().try_lease(command.task_id, self.worker_id)
-                if lease is None:
-                    await self._postpone_leased(delivery, command)
-                    return
-                async with lease:
-                    # Finished by someone else between our first look and our lease?
-                    if await self._answer_from_ledger(delivery, command, leased=True):
-                        return
-                    if self.adapter.circuit_state == "open":
-                        await self._postpone_open_circuit(delivery, command)
-                        return
-                    result = await self._execute(command, delivery)
-                    if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
-                        await self._settle(delivery, requeue=True)
-                        return
-                    await self._route(delivery, command, result, enable_retry=params.enable_retry)
+                await self._route(delivery, command, result, enable_retry=enable_retry)
 
     async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
         """One attempt through the adapter, with ``heartbeat`` status events while it runs.
@@ -587,47 +594,46 @@ class Worker:
         """Not a command we can run (not JSON, wrong types, unknown type): dead-letter it with the
         reason, and answer its task (when it has a readable task id) with a failure result."""
         task_id = exc.task_id
-        with task_context(task_id, delivery.attempt):
-            log.warning("invalid command dead-lettered: %s", exc)
-            peek = _peek(delivery.message.body)
-            execution_type = _text_field(peek, "execution_type") or "unknown"
-            await self._dead_letter(
-                delivery,
-                DeadLetterHeaders(
-                    error_category=ErrorCategory.INVALID,
-                    error=str(exc),
-                    attempts=delivery.attempts_before,
-                    task_id=task_id,
-                    dead_lettered_at=utcnow(),
-                    worker_id=self.worker_id,
-                ),
-                routing_key=delivery.original_routing_key,
+        log.warning("invalid command dead-lettered: %s", exc)
+        peek = _peek(delivery.message.body)
+        execution_type = _text_field(peek, "execution_type") or "unknown"
+        await self._dead_letter(
+            delivery,
+            DeadLetterHeaders(
+                error_category=ErrorCategory.INVALID,
+                error=str(exc),
+                attempts=delivery.attempts_before,
+                task_id=task_id,
+                dead_lettered_at=utcnow(),
+                worker_id=self.worker_id,
+            ),
+            routing_key=delivery.original_routing_key,
+        )
+        if task_id is not None:
+            now = utcnow()
+            result = ExecutionResult(
+                task_id=task_id,
+                success=False,
+                error=str(exc),
+                error_category=ErrorCategory.INVALID,
+                attempts=delivery.attempts_before,
+                worker_id=self.worker_id,
+                started_at=now,
+                finished_at=now,
             )
-            if task_id is not None:
-                now = utcnow()
-                result = ExecutionResult(
+            await self._publish_result(
+                result, execution_type, _text_field(peek, "reply_to"), _text_field(peek, "correlation_id")
+            )
+            await self._status_event(
+                StatusEvent(
                     task_id=task_id,
-                    success=False,
-                    error=str(exc),
-                    error_category=ErrorCategory.INVALID,
-                    attempts=delivery.attempts_before,
+                    state=TaskState.DEAD_LETTERED,
+                    attempt=delivery.attempts_before,
                     worker_id=self.worker_id,
-                    started_at=now,
-                    finished_at=now,
+                    detail=str(exc),
                 )
-                await self._publish_result(
-                    result, execution_type, _text_field(peek, "reply_to"), _text_field(peek, "correlation_id")
-                )
-                await self._status_event(
-                    StatusEvent(
-                        task_id=task_id,
-                        state=TaskState.DEAD_LETTERED,
-                        attempt=delivery.attempts_before,
-                        worker_id=self.worker_id,
-                        detail=str(exc),
-                    )
-                )
-            await self._settle(delivery)
+            )
+        await self._settle(delivery)
 
     # ================================================================ retries and postponing
 

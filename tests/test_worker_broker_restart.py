@@ -20,9 +20,16 @@ import pytest
 
 from consumer.config import load_config
 from consumer.worker import Worker
-from schemas import ExecutionCommand, ExecutionType
+from schemas import ExecutionCommand
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
-from tests.support.worker_process import Observer, publish_command, wait_until, worker_settings
+from tests.support.worker_process import (
+    Observer,
+    command,
+    publish_command,
+    wait_until,
+    waiting_commands,
+    worker_settings,
+)
 from topology import Topology, declare, queue_depths
 
 pytestmark = pytest.mark.slow
@@ -112,14 +119,6 @@ async def private_amqp(rabbit: PrivateRabbit) -> AsyncIterator[aio_pika.abc.Abst
         await connection.close()
 
 
-def command(task_id: str) -> ExecutionCommand:
-    return ExecutionCommand(
-        task_id=task_id,
-        execution_type=ExecutionType.CONTAINERIZED_WORKFLOW,
-        parameters={"container_image": "alpine:3.20", "command": ["restart-test", task_id]},
-    )
-
-
 async def publish_when_back(
     connection: aio_pika.abc.AbstractRobustConnection, spec: Topology, message: ExecutionCommand
 ) -> None:
@@ -175,7 +174,7 @@ async def test_a_broker_restart_loses_no_command_and_consuming_resumes(
         channel = await private_amqp.channel()
         before = [f"before-{i}" for i in range(6)]
         for task_id in before:
-            await publish_command(channel, spec, command(task_id))
+            await publish_command(channel, spec, command(task_id, "restart-test", task_id))
         await wait_until(lambda: dagger_engine.current_execs == 2, 30, "both slots busy with held executions")
 
         await rabbit.restart()
@@ -184,7 +183,7 @@ async def test_a_broker_restart_loses_no_command_and_consuming_resumes(
         # New commands after the restart, published once our own connection is back.
         after = [f"after-{i}" for i in range(2)]
         for task_id in after:
-            await publish_when_back(private_amqp, spec, command(task_id))
+            await publish_when_back(private_amqp, spec, command(task_id, "restart-test", task_id))
 
         everything = before + after
         await observer.wait_for(
@@ -194,8 +193,15 @@ async def test_a_broker_restart_loses_no_command_and_consuming_resumes(
         assert sorted(r.task_id for r in observer.results) == sorted(everything)  # each once
         assert all(r.success for r in observer.results)
         assert sorted(started) == sorted(everything)  # nothing ran twice
-        depths = await queue_depths(private_amqp, spec)
-        assert depths[spec.tasks_queue] == 0 and depths[spec.dead_queue] == 0
+
+        # The copies redelivered after the restart were settled too (answered, not left unacked
+        # or circling through the retry queues).
+        async def settled() -> bool:
+            return worker.in_flight == 0 and await waiting_commands(private_amqp, spec) == 0
+
+        await wait_until(settled, 60, "every delivery settled")
+        assert (await queue_depths(private_amqp, spec))[spec.dead_queue] == 0
+        assert sorted(r.task_id for r in observer.results) == sorted(everything)  # still each once
     finally:
         broker_back.set()
         worker.request_stop()

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from schemas import ExecutionCommand, ExecutionType, encode
+from schemas import encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
 from tests.support.worker_process import (
     Observer,
     WorkerProcess,
+    command,
     drain_queue,
     publish_command,
     wait_until,
@@ -27,14 +28,6 @@ from tests.support.worker_process import (
 from topology import Topology, declare, queue_depths
 
 Spawn = Callable[..., WorkerProcess]
-
-
-def command(task_id: str, *args: str) -> ExecutionCommand:
-    return ExecutionCommand(
-        task_id=task_id,
-        execution_type=ExecutionType.CONTAINERIZED_WORKFLOW,
-        parameters={"container_image": "alpine:3.20", "command": list(args) or ["echo", task_id]},
-    )
 
 
 @pytest.fixture
@@ -65,7 +58,7 @@ def spawn(
     def start(*args: str, **overrides: Any) -> WorkerProcess:
         settings = worker_settings(
             amqp_url=overrides.pop("amqp_url", amqp_url),
-            valkey_url=valkey_url,
+            valkey_url=overrides.pop("valkey_url", valkey_url),
             spec=topology_spec,
             work_dir=tmp_path,
             engine_env=overrides.pop("engine_env", dagger_engine.session_env()),
@@ -198,9 +191,7 @@ async def test_worker_processes_share_the_queue_each_task_once(
 
 
 async def test_start_up_problems_are_told_clearly(spawn: Spawn) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    port = _unused_port()
     worker = spawn(
         amqp_url=f"amqp://guest:hunter2@127.0.0.1:{port}/", timeout_seconds=7200, broker_consumer_timeout_seconds=3600
     )
@@ -214,6 +205,20 @@ async def test_start_up_problems_are_told_clearly(spawn: Spawn) -> None:
     last = output.strip().splitlines()[-1]
     assert last.startswith("dagger-adapter: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:")
     assert "Traceback" not in output
+
+    # The same for Valkey (the idempotency ledger), which the worker cannot run without.
+    worker = spawn(valkey_url=f"redis://:hunter2@127.0.0.1:{_unused_port()}/0")
+    assert await worker.wait(60) == 1
+    output = worker.output()
+    assert "hunter2" not in output and "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("dagger-adapter: error: cannot reach Valkey at redis://:***@127.0.0.1:")
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # nothing listens here once the socket is closed
 
 
 async def test_the_worker_can_have_the_sdk_start_the_dagger_cli(

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: DaggerAdapterConfig) -> int:
-    from consumer.worker import BrokerUnreachable, Worker  # the worker's imports are heavy: only here
+    from consumer.worker import StartupFailed, Worker  # the worker's imports are heavy: only here
 
     worker = Worker(config)
     loop = asyncio.get_running_loop()
@@ -50,6 +50,6 @@ async def _serve(config: DaggerAdapterConfig) -> int:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
         await worker.run()
-    except (BrokerUnreachable, TopologyConflict) as exc:
+    except (StartupFailed, TopologyConflict) as exc:
         raise CliError(str(exc)) from None
     return 0

@@ -6,6 +6,7 @@
   JSON log lines.
 - ``Observer``: a queue of the test's own bound to the results and status exchanges; waits on
   counts with deadlines (never sleep-and-hope).
+- ``command``, ``publish_command``, ``publish_raw``: commands as a client sends them.
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from schemas import ExecutionCommand, ExecutionResult, StatusEvent, WorkerHeartbeat, decode, encode
-from topology import Topology
+from schemas import (
+    ExecutionCommand,
+    ExecutionResult,
+    ExecutionType,
+    StatusEvent,
+    WorkerHeartbeat,
+    decode,
+    encode,
+)
+from topology import Topology, queue_depths
 
 # Matches the ``topology_spec`` fixture: a worker must declare exactly that topology.
 TEST_RETRY_TIERS = "0.2,1,5"
@@ -210,6 +219,16 @@ class Observer:
         )
 
 
+def command(task_id: str, *args: str, **fields: Any) -> ExecutionCommand:
+    """A containerized command that runs ``args`` (default: ``echo <task_id>``) in alpine."""
+    return ExecutionCommand(
+        task_id=task_id,
+        execution_type=ExecutionType.CONTAINERIZED_WORKFLOW,
+        parameters={"container_image": "alpine:3.20", "command": list(args) or ["echo", task_id]},
+        **fields,
+    )
+
+
 async def publish_command(
     channel: AbstractChannel, spec: Topology, command: ExecutionCommand, **properties: Any
 ) -> str:
@@ -260,3 +279,9 @@ async def wait_until(condition: Callable[[], Any], timeout: float, what: str, in
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def waiting_commands(connection: AbstractRobustConnection, spec: Topology) -> int:
+    """Commands waiting (ready) in the tasks queue and the retry queues."""
+    depths = await queue_depths(connection, spec)
+    return sum(depths[q.name] or 0 for q in spec.queues if q.name != spec.dead_queue)
