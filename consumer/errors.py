@@ -8,6 +8,7 @@ Dagger SDK (and what lies under it: gql, httpx, tenacity) reports a failure.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import dagger
@@ -81,12 +82,14 @@ def classify(exc: BaseException) -> ExecutionFailure:
         )
     if isinstance(exc, dagger.ExecError):
         return permanent(_exec_error_message(exc))
-    if isinstance(exc, dagger.QueryError):
-        return permanent(f"the engine rejected the request: {exc}")
+    # An error the engine answered with (module calls are raw queries: TransportQueryError).
+    if isinstance(exc, dagger.QueryError | TransportQueryError):
+        text = _query_error_text(exc) if isinstance(exc, TransportQueryError) else str(exc)
+        if _network_trouble(text):  # the engine could not reach a registry (or the network)
+            return ExecutionFailure(ErrorCategory.TRANSIENT, f"the engine hit a network or registry error: {text}")
+        return permanent(f"the engine rejected the request: {text}")
     if isinstance(exc, dagger.InvalidQueryError):
         return permanent(f"the request could not be built for this engine: {exc}")
-    if isinstance(exc, TransportQueryError):  # raw queries (module calls) bypass the SDK's mapping
-        return permanent(f"the engine rejected the request: {_query_error_text(exc)}")
     if isinstance(exc, dagger.TransportError | TransportConnectionFailed) and _caused_by_read_timeout(exc):
         return ExecutionFailure(ErrorCategory.TIMEOUT, "the engine did not answer within the execution timeout")
     if isinstance(exc, dagger.ClientConnectionError | dagger.ProvisionError):
@@ -114,6 +117,21 @@ def classify(exc: BaseException) -> ExecutionFailure:
         return ExecutionFailure(ErrorCategory.TRANSIENT, f"{type(exc).__name__}: {exc}")
     # Anything else is a defect (ours or the SDK's); retrying the same input would hit it again.
     return permanent(f"internal error: {type(exc).__name__}: {exc}")
+
+
+# How the engine (Go: net, net/http, containerd resolvers) words a registry or network failure
+# that may pass: an image pull or a module fetch hitting them is worth retrying. Errors that
+# will not pass ("pull access denied", "not found", "unauthorized") stay permanent.
+_NETWORK_TROUBLE = re.compile(
+    r"dial tcp|i/o timeout|connection refused|connection reset|no such host|server misbehaving"
+    r"|temporary failure in name resolution|network is unreachable|tls handshake timeout|unexpected eof"
+    r"|toomanyrequests|too many requests|\b(?:429|502|503|504)\b|bad gateway|service unavailable|gateway timeout",
+    re.IGNORECASE,
+)
+
+
+def _network_trouble(message: str) -> bool:
+    return _NETWORK_TROUBLE.search(message) is not None
 
 
 def _exec_error_message(exc: dagger.ExecError) -> str:

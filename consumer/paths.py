@@ -5,7 +5,9 @@ workflow files. A worker must not become a way to read or overwrite arbitrary fi
 host, so every such path must resolve *inside* one of the configured roots:
 
 - volume sources and other host paths: inside ``allowed_volume_roots`` (or, when none are
-  configured, inside ``workflow_directory``);
+  configured, inside the working directory, so the original design's example mounting
+  ``./data`` works as written), and never in or above a protected directory (the adapter's
+  own ``cache_directory``: the embedded Valkey keeps other tasks' results there);
 - workflow files: inside ``workflow_directory``.
 
 Relative paths are taken relative to the worker's working directory. A path with a ``..``
@@ -25,9 +27,16 @@ WORKFLOW_SUFFIXES = (".yml", ".yaml")
 
 
 class PathRules:
-    def __init__(self, *, volume_roots: Sequence[str | os.PathLike[str]], workflow_directory: str | os.PathLike[str]):
+    def __init__(
+        self,
+        *,
+        volume_roots: Sequence[str | os.PathLike[str]],
+        workflow_directory: str | os.PathLike[str],
+        protected: Sequence[str | os.PathLike[str]] = (),
+    ):
         self._workflow_root = Path(workflow_directory)
-        self._volume_roots = [Path(r) for r in volume_roots] or [self._workflow_root]
+        self._volume_roots = [Path(r) for r in volume_roots] or [Path.cwd()]
+        self._protected = [Path(p) for p in protected]
 
     @property
     def volume_roots(self) -> list[Path]:
@@ -81,6 +90,9 @@ class PathRules:
         roots = list(roots)
         if not _is_within(resolved, roots):
             raise permanent(f"{what} {path!r} is outside the allowed host directories (see {setting})")
+        for protected in map(_resolved, self._protected):
+            if _is_within(resolved, [protected]) or _is_within(protected, [resolved]):
+                raise permanent(f"{what} {path!r} would expose the adapter's own data ({protected})")
         return resolved
 
 

@@ -70,8 +70,8 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
     )
     dagger_engine.on_exec(is_step("json.load"), ExecOutcome(stdout=f"{RESULTS}\n"))
 
-    # allowed_volume_roots: the example mounts ./data, which is outside ./workflows
-    result, _, capabilities, status = await run_example(allowed_volume_roots=["./data"])
+    # Exactly as written: no allowed_volume_roots, so ./data is allowed as part of the working directory.
+    result, _, capabilities, status = await run_example()
 
     assert result.success, result.error
     assert result.task_id == "task-123" and result.execution_type == ExecutionType.CONTAINERIZED_WORKFLOW
@@ -110,10 +110,11 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
     assert (example_dir / ".cache" / "dagger-adapter").is_dir()
 
 
-async def test_the_example_without_allowed_roots_refuses_the_volume(
+async def test_with_allowed_roots_configured_the_example_volume_must_lie_inside_them(
     dagger_engine: TestEngine, example_dir: Path
 ) -> None:
-    result, *_ = await run_example(caching_enabled=False)
+    (example_dir / "elsewhere").mkdir()
+    result, *_ = await run_example(caching_enabled=False, allowed_volume_roots=["./elsewhere"])
     assert not result.success and result.error_category == "permanent"
     assert "'./data' is outside the allowed host directories" in result.error
     assert dagger_engine.execs == []
@@ -122,6 +123,6 @@ async def test_the_example_without_allowed_roots_refuses_the_volume(
 @pytest.mark.real_engine
 @pytest.mark.skipif(os.environ.get("DAGGER_ADAPTER_REAL_ENGINE") != "1", reason="needs a real Dagger engine")
 async def test_the_usage_example_on_a_real_engine(example_dir: Path) -> None:
-    result, *_ = await run_example(allowed_volume_roots=["./data"], caching_enabled=False)
+    result, *_ = await run_example(caching_enabled=False)
     assert result.success, result.error
     assert json.loads(result.result["outputs"]["summarize"]["results"]) == RESULTS

@@ -4,6 +4,7 @@ timeouts; the concurrency limit; what the adapter reports about itself."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 
@@ -163,3 +164,51 @@ def test_the_sdk_giving_up_its_own_retries_is_transient() -> None:
 )
 def test_other_exceptions(exc: BaseException, category: ErrorCategory) -> None:
     assert classify(exc).category is category
+
+
+def engine_error(message: str):  # type: ignore[no-untyped-def]
+    """An exec rule that makes the engine answer with a GraphQL error (not an exec error),
+    as a real engine does when it cannot pull the image."""
+
+    def answer(record: ExecRecord) -> ExecOutcome:
+        raise RuntimeError(message)
+
+    return answer
+
+
+async def test_a_registry_the_engine_cannot_reach_is_transient_and_retried(
+    dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    unreachable = (
+        "failed to resolve source metadata for docker.io/library/alpine:latest: failed to do request: "
+        'Head "https://registry-1.docker.io/v2/library/alpine/manifests/latest": dial tcp: i/o timeout'
+    )
+    dagger_engine.on_exec(["echo"], engine_error(unreachable), times=1)
+    async with started(adapter_config(tmp_path, max_retries=1)) as adapter:
+        result = await adapter.execute(workflow_command("pull", container_image="alpine", command=["echo", "up"]))
+    assert result.success and result.attempts == 2, result.error
+    assert [r.args for r in dagger_engine.execs] == [["echo", "up"], ["echo", "up"]]
+
+
+async def test_an_image_the_registry_refuses_is_permanent(dagger_engine: TestEngine, tmp_path: Path) -> None:
+    denied = "failed to resolve source metadata for docker.io/library/nope:latest: pull access denied"
+    dagger_engine.on_exec(["echo"], engine_error(denied))
+    async with started(adapter_config(tmp_path, max_retries=2)) as adapter:
+        result = await adapter.execute(workflow_command("denied", container_image="nope", command=["echo", "x"]))
+    assert not result.success and result.error_category == ErrorCategory.PERMANENT
+    assert "pull access denied" in (result.error or "") and result.attempts == 1
+    assert len(dagger_engine.execs) == 1
+
+
+async def test_a_secret_in_a_retried_failure_never_reaches_the_logs(
+    dagger_engine: TestEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dagger_engine.on_exec(["echo"], engine_error("dial tcp: proxy said: bad token tok-7f3a9c"), times=1)
+    async with started(adapter_config(tmp_path, max_retries=1)) as adapter:
+        result = await adapter.execute(
+            workflow_command("leak", container_image="alpine", command=["echo", "x"], secrets={"TOKEN": "tok-7f3a9c"})
+        )
+    assert result.success and result.attempts == 2, result.error
+    assert "retrying" in caplog.text and "bad token ***" in caplog.text
+    assert "tok-7f3a9c" not in caplog.text

@@ -172,3 +172,30 @@ async def test_probe_is_false_while_the_engine_is_down(dagger_engine: TestEngine
         dagger_engine.refuse()
         assert not await adapter.probe()
         assert adapter.circuit_state == "closed"  # one failure, below the threshold
+
+
+async def test_a_probe_the_engine_does_not_answer_in_time_reopens_the_circuit(
+    dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    config = adapter_config(
+        tmp_path, breaker_failure_threshold=1, breaker_reset_seconds=0.2, engine_connect_timeout_seconds=0.5
+    )
+    async with started(config) as adapter:
+        states: list[str] = []
+        adapter.add_circuit_listener(states.append)
+        dagger_engine.refuse()
+        await adapter.execute(echo("down"), in_process_retries=False)
+        assert adapter.circuit_state == "open"
+
+        # The engine is back but hangs: a probe that times out is an engine failure,
+        # not a slow step, so the circuit must open again rather than close.
+        dagger_engine.accept()
+        dagger_engine.delay_requests(5)
+
+        async def probe_reached_the_engine() -> bool:
+            assert not await adapter.probe()
+            return "half-open" in states
+
+        await wait_for(probe_reached_the_engine)
+        assert adapter.circuit_state == "open" and states == ["open", "half-open", "open"]
+        dagger_engine.delay_requests(0)

@@ -11,8 +11,8 @@ import pytest
 
 from consumer.cache import CacheManager, cache_key, directory_digest
 from schemas import ExecutionResult, ExecutionType, PipelineParameters, RegistryCredentials, WorkflowParameters
-from tests.dagger_engine import TestEngine
-from tests.test_adapter_support import adapter_config, started, workflow_command, write_workflow
+from tests.dagger_engine import ExecOutcome, TestEngine
+from tests.test_adapter_support import adapter_config, pipeline_command, started, workflow_command, write_workflow
 
 WF = ExecutionType.CONTAINERIZED_WORKFLOW
 
@@ -217,3 +217,37 @@ async def test_caching_resumes_when_valkey_comes_back(tmp_path: Path, caplog: py
     messages = [r.getMessage() for r in caplog.records if r.name == "consumer.cache"]
     assert len([m for m in messages if "unreachable" in m]) == 1
     assert any("reachable again" in m for m in messages)
+
+
+async def test_runs_that_write_to_the_host_are_never_served_from_the_cache(
+    dagger_engine: TestEngine, tmp_path: Path, valkey_url: str
+) -> None:
+    # Deleting an output to get it again must run again: a cached result cannot redo the write.
+    config = adapter_config(tmp_path, valkey_url=valkey_url)
+    data = tmp_path / "data"
+    (data / "input.csv").write_text("a\n")
+    dagger_engine.on_exec(["produce"], ExecOutcome(files={"/data/report.txt": "report\n"}))
+    writable = workflow_command(
+        "w",
+        container_image="alpine",
+        command=["produce"],
+        volumes=[{"source": str(data), "target": "/data", "writable": True}],
+    )
+    export = pipeline_command(
+        "x",
+        pipeline=[
+            {"from": {"address": "alpine"}},
+            {"with_new_file": {"path": "/out/app.txt", "contents": "built\n"}},
+            {"export_directory": {"path": "/out", "host_path": str(data / "dist")}},
+        ],
+    )
+    async with started(config) as adapter:
+        for _ in range(2):
+            results = [await adapter.execute(writable), await adapter.execute(export)]
+            assert all(r.success and not r.cached for r in results), [r.error for r in results]
+            assert (data / "report.txt").read_text() == "report\n"
+            assert (data / "dist" / "app.txt").read_text() == "built\n"
+            (data / "report.txt").unlink()
+            (data / "dist" / "app.txt").unlink()
+    assert [r.args for r in dagger_engine.execs] == [["produce"], ["produce"]]
+    assert len(dagger_engine.exports) == 4

@@ -90,10 +90,21 @@ def test_export_target_may_not_exist_yet_but_must_be_inside(tree: Path) -> None:
     refused(rules(tree).export_target, str(tree / "elsewhere"))
 
 
-def test_without_roots_only_the_workflow_directory_is_allowed(tree: Path) -> None:
+def test_without_roots_the_working_directory_is_the_root(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree / "data")
     no_roots = rules(tree, [])
-    assert no_roots.host_directory(str(tree / "workflows")) == (tree / "workflows").resolve()
-    refused(no_roots.host_directory, str(tree / "data"))
+    assert no_roots.host_directory("./in") == (tree / "data" / "in").resolve()
+    assert "outside" in refused(no_roots.host_directory, str(tree / "secret"))
+
+
+def test_the_adapters_own_data_is_never_exposed(tree: Path) -> None:
+    cache = tree / "data" / ".cache"
+    (cache / "valkey").mkdir(parents=True)
+    guarded = PathRules(volume_roots=[str(tree / "data")], workflow_directory=tree / "workflows", protected=[cache])
+    assert "adapter's own data" in refused(guarded.host_directory, str(cache / "valkey"))
+    assert "adapter's own data" in refused(guarded.host_directory, str(tree / "data"))  # it holds the cache
+    assert "adapter's own data" in refused(guarded.export_target, str(cache / "dump.rdb"))
+    assert guarded.host_directory(str(tree / "data" / "in")) == (tree / "data" / "in").resolve()
 
 
 def test_workflow_files_by_name_with_or_without_suffix(tree: Path) -> None:

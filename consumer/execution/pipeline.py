@@ -122,6 +122,10 @@ class PipelinePlan:
     host_inputs: list[Path] = field(default_factory=list)
     workflow_source: bytes | None = None
 
+    @property
+    def writes_host(self) -> bool:
+        return bool(self.exports)
+
     async def run(self, ctx: RunContext, result: dict[str, Any]) -> None:
         if self.module is not None:
             await _call_function(self, ctx, result)

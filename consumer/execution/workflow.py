@@ -72,6 +72,10 @@ class WorkflowPlan:
     workflow_source: bytes | None = None  # the workflow file's content, for the cache key
     host_inputs: list[Path] = field(default_factory=list)
 
+    @property
+    def writes_host(self) -> bool:
+        return any(v.writable for v in self.volumes)
+
     async def run(self, ctx: RunContext, result: dict[str, Any]) -> None:
         await run_workflow(self, ctx, result)
 
