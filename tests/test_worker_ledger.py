@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumer.ledger import Ledger, StoredOutcome
+from consumer.ledger import Lease, Ledger, StoredOutcome
 from schemas import ErrorCategory, ExecutionResult
 
 
@@ -22,6 +22,15 @@ async def ledger(valkey_url: str) -> AsyncIterator[Ledger]:
         yield ledger
     finally:
         await ledger.close()
+
+
+async def lease_once_expired(ledger: Ledger, task_id: str, owner: str, timeout: float = 10) -> Lease:
+    """The lease of ``task_id`` for ``owner``, taken as soon as the current one has expired."""
+    deadline = time.monotonic() + timeout
+    while (lease := await ledger.try_lease(task_id, owner)) is None:
+        assert time.monotonic() < deadline, f"the lease of {task_id} did not expire within {timeout} s"
+        await asyncio.sleep(0.05)
+    return lease
 
 
 async def test_an_outcome_is_stored_and_read_back(ledger: Ledger) -> None:
@@ -70,23 +79,13 @@ async def test_the_lease_of_a_dead_worker_expires(ledger: Ledger) -> None:
     # Taken and never renewed (its worker died): another worker gets it once it has expired.
     assert await ledger.try_lease("t-4", "worker-dead") is not None
     assert await ledger.try_lease("t-4", "worker-b") is None
-    deadline = time.monotonic() + 5
-    taken = None
-    while taken is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        taken = await ledger.try_lease("t-4", "worker-b")
-    assert taken is not None
+    await lease_once_expired(ledger, "t-4", "worker-b")
     assert await ledger.lease_holder("t-4") == "worker-b"
 
 
 async def test_a_stale_lease_holder_does_not_release_the_new_holders_lease(ledger: Ledger) -> None:
     stale = await ledger.try_lease("t-5", "worker-a")
     assert stale is not None
-    deadline = time.monotonic() + 5
-    fresh = None
-    while fresh is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        fresh = await ledger.try_lease("t-5", "worker-b")
-    assert fresh is not None
+    await lease_once_expired(ledger, "t-5", "worker-b")
     await stale.release()
     assert await ledger.lease_holder("t-5") == "worker-b"
