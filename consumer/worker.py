@@ -97,6 +97,10 @@ class StartupFailed(RuntimeError):
     """RabbitMQ or Valkey could not be reached (or refused us) at start-up; the message is one line, no secrets."""
 
 
+class Unroutable(RuntimeError):
+    """A retry or dead letter that no queue took: the command it is for must not be acked."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     """What the worker reads from an incoming message besides its body."""
@@ -683,7 +687,7 @@ class Worker:
             reply_to=original.reply_to,
             expiration=max(0.001, min(delay, tier.delay_ms / 1000)),
         )
-        await self._publish(self._exchanges.retry, tier.routing_key, message)
+        await self._publish_to_queue(self._exchanges.retry, tier.routing_key, message)
 
     # ================================================================ publishing
 
@@ -718,9 +722,10 @@ class Worker:
         *,
         mandatory: bool = False,
         patience: float = PUBLISH_PATIENCE_SECONDS,
-    ) -> Any:
+    ) -> bool:
         """Publish and wait for the broker's confirm. While the connection is down, wait for the
-        robust connection to come back (up to ``patience`` seconds) and publish again."""
+        robust connection to come back (up to ``patience`` seconds) and publish again.
+        False when a ``mandatory`` message came back: no queue took it."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
             wait=wait_exponential(multiplier=0.2, max=2),
@@ -728,8 +733,15 @@ class Worker:
             reraise=True,
         ):
             with attempt:
-                return await exchange.publish(message, routing_key, mandatory=mandatory, timeout=10)
-        return None  # pragma: no cover - AsyncRetrying either returns or raises
+                confirmed = await exchange.publish(message, routing_key, mandatory=mandatory, timeout=10)
+                return not isinstance(confirmed, aiormq.abc.DeliveredMessage)
+        return False  # pragma: no cover - AsyncRetrying either returns or raises
+
+    async def _publish_to_queue(self, exchange: AbstractExchange, routing_key: str, message: aio_pika.Message) -> None:
+        """Publish what must land in one of our queues (a retry or a dead letter): the command is
+        acked after this, so a message no queue took (its queue was deleted) is an error, not a drop."""
+        if not await self._publish(exchange, routing_key, message, mandatory=True):
+            raise Unroutable(f"no queue is bound to {exchange.name!r} for {routing_key!r}; the command stays queued")
 
     async def _publish_result(
         self, result: ExecutionResult, execution_type: str, reply_to: str | None, correlation_id: str | None
@@ -743,18 +755,18 @@ class Worker:
             self._message(body, correlation_id=correlation, headers=headers),
         )
         if reply_to:
-            returned = await self._publish(
+            delivered = await self._publish(
                 self._reply_exchange,
                 reply_to,
                 self._message(body, correlation_id=correlation, headers=headers),
                 mandatory=True,
             )
-            if isinstance(returned, aiormq.abc.DeliveredMessage):
+            if not delivered:
                 log.warning("reply not delivered: no queue %r (the caller is gone)", reply_to)
 
     async def _dead_letter(self, delivery: Delivery, why: DeadLetterHeaders, *, routing_key: str) -> None:
         original = delivery.message
-        await self._publish(
+        await self._publish_to_queue(
             self._exchanges.dead,
             routing_key,
             aio_pika.Message(

@@ -324,6 +324,28 @@ async def test_poison_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     assert "teleport.failed" in observer.result_keys
 
 
+async def test_a_dead_letter_no_queue_takes_leaves_the_command_queued(
+    start_worker: StartWorker,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    amqp: AbstractRobustConnection,
+    worker_log: Callable[[], list[dict[str, Any]]],
+) -> None:
+    await start_worker()
+    await channel.queue_delete(topology_spec.dead_queue)  # an operator deleted it
+    await publish_raw(channel, topology_spec, b"not json", "containerized_workflow")
+
+    def unroutable() -> bool:
+        return any(line["level"] == "error" and "no queue is bound" in line.get("exc", "") for line in worker_log())
+
+    await wait_until(unroutable, 30, "the worker to find its dead letter unroutable")
+    # The command was not acked: once the dead queue is back, it is dead-lettered there.
+    await declare(amqp, topology_spec)
+    (letter,) = await wait_until(lambda: dead_letters(channel, topology_spec), 30, "the dead letter")
+    assert letter.body == b"not json"
+    assert DeadLetterHeaders.from_headers(dict(letter.headers)).error_category == "invalid"
+
+
 async def test_results_go_to_reply_to_with_the_correlation_id_and_duplicates_are_answered_from_the_ledger(
     start_worker: StartWorker,
     observer: Observer,
