@@ -422,7 +422,7 @@ class Worker:
             await handling
         except ValkeyError as exc:
             await self._ledger_failed(exc)
-            await self._put_back(delivery)
+            await self._put_back(delivery, "until Valkey is available")
         except Exception:
             # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
             # delivery limit dead-letters a command that keeps failing this way.
@@ -430,12 +430,13 @@ class Worker:
             await asyncio.sleep(REQUEUE_DELAY_SECONDS)
             await self._settle(delivery, requeue=True)
 
-    async def _put_back(self, delivery: Delivery) -> None:
-        """Valkey is down: the command goes back to the queue as the same attempt, through a retry
-        tier (a requeue would count a delivery, and the delivery limit would dead-letter it)."""
+    async def _put_back(self, delivery: Delivery, why: str) -> None:
+        """The command goes back to the queue as the same attempt, through a retry tier: a requeue
+        would count a delivery, and the delivery limit would dead-letter a command that was only
+        interrupted (Valkey down, a drain, rolling restarts)."""
         try:
             await self._send_to_retry(delivery, REQUEUE_DELAY_SECONDS, attempts=delivery.attempts_before)
-            log.info("command put back until Valkey is available")
+            log.info("command put back: %s", why)
             await self._settle(delivery)
         except Exception as exc:
             log.warning("could not put the command back (%s); requeueing it", exc)
@@ -447,11 +448,11 @@ class Worker:
         if await self._answer_from_ledger(delivery, command, leased=False):
             return
         if self._stopping:
-            await self._settle(delivery, requeue=True)
+            await self._put_back(delivery, "the worker is stopping")
             return
         async with self._slots:
             if self._stopping:
-                await self._settle(delivery, requeue=True)
+                await self._put_back(delivery, "the worker is stopping")
                 return
             lease = await self._require_ledger().try_lease(command.task_id, self.worker_id)
             if lease is None:
@@ -466,7 +467,7 @@ class Worker:
                     return
                 result = await self._execute(command, delivery)
                 if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
-                    await self._settle(delivery, requeue=True)
+                    await self._put_back(delivery, "cancelled by the drain timeout")
                     return
                 await self._route(delivery, command, result, enable_retry=enable_retry)
 
@@ -484,7 +485,7 @@ class Worker:
             result = await execution
         except asyncio.CancelledError:
             if execution.cancelled() and not _is_being_cancelled():
-                log.warning("execution cancelled by the drain timeout; the command is requeued")
+                log.warning("execution cancelled by the drain timeout; the command goes back to the queue")
                 return None
             raise
         finally:

@@ -114,11 +114,18 @@ async def test_sigterm_lets_running_executions_finish_requeues_the_rest_and_exit
     assert [r.task_id for r in observer.results] == ["quick-1"] and observer.results[0].success
     assert "succeeded" not in observer.states_of("endless-1")
     assert "heartbeat" in observer.states_of("endless-1")  # it was seen running all along
-    depths = await queue_depths(amqp, topology_spec)
-    assert depths[topology_spec.tasks_queue] == 1  # `endless` is back in the queue, untouched
-    assert depths[topology_spec.dead_queue] == 0
+
+    # `endless` comes back to the tasks queue (through a retry tier, so the interruption counts
+    # no delivery against the delivery limit), still its first attempt.
+    async def tasks_waiting() -> bool:
+        return (await queue_depths(amqp, topology_spec))[topology_spec.tasks_queue] == 1
+
+    await wait_until(tasks_waiting, 15, "the unfinished command back in the tasks queue")
+    assert (await queue_depths(amqp, topology_spec))[topology_spec.dead_queue] == 0
     (requeued,) = await drain_queue(channel, topology_spec.tasks_queue)
     assert b"endless-1" in requeued.body
+    assert (requeued.headers or {}).get("x-attempts", 0) == 0
+    assert (requeued.headers or {}).get("x-delivery-count", 0) == 0  # no delivery counted against the limit
 
     lines = worker.log_lines()
     assert lines and all(line["worker_id"] == worker.worker_id for line in lines)
