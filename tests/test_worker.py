@@ -71,7 +71,7 @@ async def start_worker(
     as keyword arguments) and wait until it consumes; stopped (drained) at teardown."""
     running: list[tuple[Worker, asyncio.Task[None]]] = []
 
-    async def start(**overrides: Any) -> Worker:
+    async def start(wait_ready: bool = True, **overrides: Any) -> Worker:
         settings = worker_settings(
             amqp_url=amqp_url,
             valkey_url=overrides.pop("valkey_url", valkey_url),
@@ -83,6 +83,8 @@ async def start_worker(
         worker = Worker(load_config(env=settings))
         task = asyncio.create_task(worker.run())
         running.append((worker, task))
+        if not wait_ready:
+            return worker
         ready = asyncio.create_task(observer.wait_ready(worker.worker_id))
         await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
@@ -422,6 +424,32 @@ async def test_engine_down_pauses_consuming_and_resumes_after_recovery(
         ]
         assert result.attempts == len(counted) + 1
     assert await dead_letters(channel, topology_spec) == []
+
+
+async def test_a_worker_started_without_an_engine_waits_for_it_before_consuming(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    amqp: AbstractRobustConnection,
+) -> None:
+    dagger_engine.refuse()
+    worker = await start_worker(wait_ready=False, breaker_reset_seconds=0.5, engine_connect_timeout_seconds=2)
+    ids = [f"early-{i}" for i in range(3)]
+    for task_id in ids:
+        await publish_command(channel, topology_spec, command(task_id))
+
+    # Not ready, and nothing taken off the queue: no attempt is spent while there is no engine.
+    await observer.wait_heartbeats(3, 30, lambda b: b.worker_id == worker.worker_id and not b.ready)
+    assert (await queue_depths(amqp, topology_spec))[topology_spec.tasks_queue] == len(ids)
+    assert observer.results == [] and observer.events == []
+
+    dagger_engine.accept()
+    await observer.wait_for(lambda: len(observer.results) >= len(ids), 60, "every result once the engine is up")
+    await settle(observer, worker)
+    assert sorted(r.task_id for r in observer.results) == sorted(ids)
+    assert all(r.success and r.attempts == 1 for r in observer.results)
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
