@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,10 +11,12 @@ from aio_pika.abc import AbstractRobustConnection
 from schemas import ExecutionCommand, ExecutionResult, decode
 from tests.test_client_support import (
     WAIT,
+    BrokerLink,
     Responder,
     cli_env,
     declared,
     depth,
+    eventually,
     one_line_error,
     run_cli,
 )
@@ -146,8 +149,17 @@ async def test_bad_files_exit_2_with_one_line(
     bad_type = await run_cli("submit", "-", env=env, stdin=YAML_COMMAND.replace("containerized_workflow", "shell"))
     assert bad_type.code == 2 and "execution_type" in one_line_error(bad_type)
 
+    empty = await run_cli("submit", "-", env=env, stdin="")
+    assert empty.code == 2 and "stdin is empty" in one_line_error(empty)
+
+    a_list = await run_cli("submit", "-", env=env, stdin="- task_id: a\n- task_id: b\n")
+    assert a_list.code == 2 and "must hold a mapping" in one_line_error(a_list)
+
     usage = await run_cli("submit", env=env)
     assert usage.code == 2 and "Traceback" not in usage.err
+    for timeout in ("nan", "inf", "0"):
+        bad_timeout = await run_cli("submit", "-", "--wait", "--timeout", timeout, env=env, stdin=YAML_COMMAND)
+        assert bad_timeout.code == 2 and "--timeout" in bad_timeout.err and "Traceback" not in bad_timeout.err
     assert await depth(amqp, topology_spec.tasks_queue) == 0
 
 
@@ -169,7 +181,32 @@ async def test_broker_unreachable_or_refusing_credentials_is_one_line_exit_1(
     assert refused.code == 1 and "refused the credentials" in line
     assert "not-the-password" not in refused.err + refused.out
 
+    no_vhost = await run_cli(
+        "submit", "-", env=cli_env(amqp_url.rstrip("/") + "/no-such-vhost", topology_spec), stdin=YAML_COMMAND
+    )
+    assert no_vhost.code == 1 and "virtual host" in one_line_error(no_vhost)
+
+    # aio-pika would retry a malformed URL forever: refused at once, without echoing it.
+    for url in ("guest:secret-pw@127.0.0.1:5672", "amqp://guest:secret-pw@127.0.0.1:notaport/"):
+        malformed = await run_cli("submit", "-", env=cli_env(url, topology_spec), stdin=YAML_COMMAND, timeout=WAIT)
+        assert malformed.code == 2 and "AMQP URL" in one_line_error(malformed)
+        assert "secret-pw" not in malformed.err
+
 
 async def test_a_missing_topology_is_one_line_exit_1(amqp_url: str, topology_spec: Topology) -> None:
     ran = await run_cli("submit", "-", env=cli_env(amqp_url, topology_spec), stdin=YAML_COMMAND)
     assert ran.code == 1 and "topology declare" in one_line_error(ran)
+
+
+async def test_submit_wait_fails_at_once_when_the_connection_is_lost(
+    amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    async with BrokerLink(amqp_url) as link:
+        waiting = asyncio.create_task(
+            run_cli("submit", "-", "--wait", env=cli_env(link.url, topology_spec), stdin=YAML_COMMAND)
+        )
+        await eventually(lambda: depth(amqp, topology_spec.tasks_queue), what="the command to be queued")
+        await link.cut()
+        ran = await asyncio.wait_for(waiting, WAIT)  # not the default --timeout of 600 s
+    assert ran.code == 1
+    assert "lost the connection to RabbitMQ while waiting for the result of task from-yaml" in one_line_error(ran)

@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from consumer.client import ExecutionClient, PublishFailed, TopologyMissing
+from consumer.client import ConnectionLost, ExecutionClient, PublishFailed, TopologyMissing
 from schemas import (
     ErrorCategory,
     ExecutionCommand,
@@ -23,7 +23,7 @@ from schemas import (
     encode,
 )
 from schemas.headers import TASK_ID
-from tests.test_client_support import WAIT, Responder, command, declared, depth, eventually
+from tests.test_client_support import WAIT, BrokerLink, Responder, command, declared, depth, eventually
 from topology import DeclaredTopology, Topology
 
 __all__ = ["declared"]  # the fixture, imported for pytest
@@ -95,6 +95,12 @@ async def test_invalid_parameters_are_refused_before_anything_is_sent(
         with pytest.raises(InvalidMessage, match="container_image"):
             await client.submit(bad)
     assert await depth(amqp, topology_spec.tasks_queue) == 0
+
+
+async def test_connect_refuses_a_malformed_url_at_once(topology_spec: Topology) -> None:
+    # aio-pika's robust connection would retry it forever.
+    with pytest.raises(ValueError, match="not an AMQP URL"):
+        await asyncio.wait_for(ExecutionClient.connect("localhost:5672", topology_spec), WAIT)
 
 
 async def test_connect_without_a_topology_says_so(amqp_url: str, topology_spec: Topology) -> None:
@@ -291,3 +297,34 @@ async def _bound(amqp: AbstractRobustConnection, declared: DeclaredTopology) -> 
         return False
     finally:
         await channel.close()
+
+
+async def test_a_waiting_call_fails_when_the_connection_is_lost(
+    amqp: AbstractRobustConnection, amqp_url: str, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    """The reply queue dies with the connection, so a reply may never come: the waiting call
+    fails at once instead of waiting out its timeout. Once the robust connection is back, the
+    client works again (its reply queue is declared anew)."""
+    async with BrokerLink(amqp_url) as link, ExecutionClient.connect(link.url, topology_spec) as client:
+        waiting = asyncio.create_task(client.submit_and_wait(command(task_id="cut-off"), timeout=300))
+        await eventually(lambda: _has_depth(amqp, topology_spec.tasks_queue, 1), what="the command to be queued")
+        await link.cut()
+        with pytest.raises(ConnectionLost, match="lost the connection"):
+            await asyncio.wait_for(waiting, WAIT)
+        assert client.waiting == 0
+
+        with pytest.raises(ConnectionLost, match="not connected"):
+            await client.submit(command(task_id="during-the-outage"))
+
+        reconnected = asyncio.Event()
+        assert isinstance(client.connection, AbstractRobustConnection)
+        client.connection.reconnect_callbacks.add(lambda *_: reconnected.set())
+        await link.restore()
+        await asyncio.wait_for(reconnected.wait(), WAIT * 2)
+        async with Responder(amqp, topology_spec):
+            result = await client.submit_and_wait(command(task_id="reconnected"), timeout=WAIT * 2)
+        assert result.task_id == "reconnected" and result.success
+
+
+async def _has_depth(amqp: AbstractRobustConnection, queue: str, expected: int) -> bool:
+    return await depth(amqp, queue) == expected

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -171,6 +172,55 @@ class Responder:
         await message.ack()
 
 
+class BrokerLink:
+    """A TCP relay between a client and RabbitMQ that a test can cut: a real connection loss
+    (the client sees its socket close) without touching the shared broker."""
+
+    def __init__(self, amqp_url: str) -> None:
+        self.target = urlsplit(amqp_url)
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.url = ""
+
+    async def __aenter__(self) -> BrokerLink:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        netloc = self.target.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{self.port}"
+        self.url = urlunsplit(self.target._replace(netloc=netloc))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cut()
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop every relayed one."""
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def restore(self) -> None:
+        """Accept connections again, on the same port."""
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        broker_reader, broker_writer = await asyncio.open_connection(self.target.hostname, self.target.port or 5672)
+        self.writers |= {client_writer, broker_writer}
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(pipe(client_reader, broker_writer), pipe(broker_reader, client_writer))
+
+
 @pytest.fixture
 async def declared(amqp: AbstractRobustConnection, topology_spec: Topology) -> DeclaredTopology:
     """This test's topology, declared."""
@@ -223,10 +273,12 @@ async def run_cli(*args: str, env: dict[str, str], stdin: str | None = None, tim
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin is not None else None), timeout)
-    except TimeoutError:
+    except BaseException as exc:  # a timeout here, or the test giving up on this run: no orphan process
         process.kill()
         await process.wait()
-        raise AssertionError(f"dagger-adapter {' '.join(args)} did not finish within {timeout} s") from None
+        if isinstance(exc, TimeoutError):
+            raise AssertionError(f"dagger-adapter {' '.join(args)} did not finish within {timeout} s") from None
+        raise
     assert process.returncode is not None
     return Ran(process.returncode, out.decode(), err.decode())
 

@@ -28,6 +28,8 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         raise CliError(str(exc), EXIT_FAILURE) from None
     except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
         raise CliError(f"lost the connection to RabbitMQ: {exc or type(exc).__name__}") from None
+    except aiormq.exceptions.ChannelInvalidStateError:  # a RuntimeError: a channel closed under us
+        raise CliError("lost the connection to RabbitMQ") from None
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, config_from
 from consumer.cli.console import notice, print_json, seconds_text, stderr_console, stdout_console
-from consumer.client import ExecutionClient
+from consumer.client import ConnectionLost, ExecutionClient
 from consumer.client.command_file import CommandFileError, read_command
 from schemas import ExecutionCommand, ExecutionResult, ExecutionType, StatusEvent
 
@@ -83,6 +83,12 @@ async def submit_and_show(client: ExecutionClient, command: ExecutionCommand, ti
                 f"no result for task {command.task_id} within {timeout:g} s (it may still run; "
                 f"watch it with `dagger-adapter results --follow --task-id {command.task_id}`)",
                 EXIT_TIMEOUT,
+            ) from None
+        except ConnectionLost:
+            raise CliError(
+                f"lost the connection to RabbitMQ while waiting for the result of task {command.task_id} "
+                "(it may still run)",
+                EXIT_FAILURE,
             ) from None
         finally:
             watcher.cancel()

@@ -26,3 +26,9 @@ class DeadLetterNotFound(ClientError):
     def __init__(self, ids: list[str]) -> None:
         super().__init__(f"no dead letter with id {', '.join(ids)}")
         self.ids = ids
+
+
+class ConnectionLost(ClientError):
+    """The connection to RabbitMQ is down: a publish was not sent, or a call waiting for its
+    result lost its reply queue with the connection (the reply may never come; the task may
+    still run). A robust connection reconnects by itself; the client is usable again then."""

@@ -11,6 +11,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from consumer.client.broker_url import check_amqp_url
 from consumer.client.publishing import (
     command_message,
     confirm_channel,
@@ -119,18 +120,19 @@ class ExecutionClient:
 
         The command carries this client's reply queue in ``reply_to`` and a correlation id
         (``command.correlation_id`` or a fresh one) in the body and the AMQP properties.
-        Raises ``TimeoutError`` when no result came in time (the task may still run).
+        Raises ``TimeoutError`` when no result came in time, ``ConnectionLost`` at once when
+        the connection drops while waiting (the reply queue goes with it); the task may still run.
         """
         correlation_id = command.correlation_id or new_message_id()
-        reply_to = await self._replies.queue_name()
-        command = msgspec.structs.replace(command, reply_to=reply_to, correlation_id=correlation_id)
-        waiting = self._replies.expect(correlation_id)  # before publishing: a reply can be quick
-        try:
-            async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout):
+            reply_to = await self._replies.queue_name()
+            command = msgspec.structs.replace(command, reply_to=reply_to, correlation_id=correlation_id)
+            waiting = self._replies.expect(correlation_id)  # before publishing: a reply can be quick
+            try:
                 await self._publish(command)
                 return await waiting
-        finally:
-            self._replies.forget(correlation_id)
+            finally:
+                self._replies.forget(correlation_id)
 
     @property
     def waiting(self) -> int:
@@ -209,6 +211,7 @@ class _Connecting:
         self._client: ExecutionClient | None = None
 
     async def _open(self) -> ExecutionClient:
+        check_amqp_url(self._url)
         connection = await aio_pika.connect_robust(self._url, timeout=self._timeout, fail_fast=True)
         client = self._cls(connection, self._topology, owns_connection=True)
         try:

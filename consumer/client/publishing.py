@@ -8,9 +8,9 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
-from aiormq.exceptions import ChannelNotFoundEntity, DeliveryError, PublishError
+from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError, PublishError
 
-from consumer.client.errors import PublishFailed, TopologyMissing
+from consumer.client.errors import ConnectionLost, PublishFailed, TopologyMissing
 from schemas import ExecutionCommand, encode, utcnow
 from schemas.headers import TASK_ID
 
@@ -67,6 +67,19 @@ async def publish_confirmed(
         ) from None
     except ChannelNotFoundEntity as exc:
         raise TopologyMissing(f"{exc}; declare the topology first (dagger-adapter topology declare)") from None
+    except ChannelInvalidStateError:
+        # A robust connection is reconnecting: nothing was sent, the caller decides whether to retry.
+        raise ConnectionLost(
+            f"not connected to RabbitMQ (the connection was lost); nothing was published to {exchange.name!r}"
+        ) from None
+    except TimeoutError:
+        if timeout is None:
+            raise
+        raise PublishFailed(
+            f"RabbitMQ did not confirm the message within {timeout:g} s (exchange {exchange.name!r}); "
+            "it may or may not have been taken",
+            task_id=task_id,
+        ) from None
 
 
 def _reply_text(exc: PublishError) -> str:

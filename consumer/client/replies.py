@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from consumer.client.errors import ClientError
+from consumer.client.errors import ClientError, ConnectionLost
 from schemas import ExecutionResult, InvalidMessage, decode
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ class ReplyRouter:
         self._channel: AbstractChannel | None = None
         self._queue_name: str | None = None
         self._lock = asyncio.Lock()
+        # Also on every drop of a robust connection: the exclusive reply queue is deleted with
+        # the connection, so a reply published before it is re-declared is lost for good.
+        connection.close_callbacks.add(self._on_connection_lost)
 
     async def queue_name(self) -> str:
         """The reply queue's name, declaring it and starting to consume on first use."""
@@ -73,11 +77,18 @@ class ReplyRouter:
         else:
             future.set_exception(ClientError(f"the reply to {key!r} is not a valid ExecutionResult: {error}"))
 
-    async def close(self) -> None:
+    def _on_connection_lost(self, _connection: Any, _exc: BaseException | None = None) -> None:
+        self._fail_all(ConnectionLost, "lost the connection to RabbitMQ while waiting for a result")
+
+    def _fail_all(self, error: type[ClientError], message: str) -> None:
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(ClientError("the client was closed while waiting for a result"))
+                future.set_exception(error(message))
         self._pending.clear()
+
+    async def close(self) -> None:
+        self._connection.close_callbacks.discard(self._on_connection_lost)
+        self._fail_all(ClientError, "the client was closed while waiting for a result")
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._channel = None
