@@ -52,6 +52,8 @@ def parse_document(text: str, name: str) -> dict[str, Any]:
             where = getattr(exc, "problem_mark", None)
             at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
             raise CommandFileError(f"{name} is neither valid JSON nor valid YAML{at}") from None
+    if data is None:
+        raise CommandFileError(f"{name} is empty")
     if not isinstance(data, dict):
         raise CommandFileError(f"{name} must hold a mapping (a command object), not {type(data).__name__}")
     return data
