@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import pty
+from asyncio.subprocess import PIPE
+
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
 from consumer.client import DeadLetterQueue
 from schemas.headers import ATTEMPTS, ERROR, REPLAY_ID
 from tests.test_client_support import (
+    WAIT,
+    cli,
     cli_env,
     command,
     declared,
@@ -183,3 +191,28 @@ async def test_dlq_errors_are_one_line(amqp_url: str, topology_spec: Topology) -
     assert missing.code == 1 and topology_spec.dead_queue in one_line_error(missing)
     unreachable = await run_cli("dlq", "list", env=cli_env("amqp://guest:guest@127.0.0.1:1/", topology_spec))
     assert unreachable.code == 1 and "cannot reach RabbitMQ" in one_line_error(unreachable)
+
+
+async def test_dlq_purge_asks_on_a_terminal(
+    amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    ids = await fill(amqp, declared, topology_spec)
+    env = cli_env(amqp_url, topology_spec)
+    for answer, kept in (("n\n", ids), ("\x04", ids), ("yes\n", ids[1:])):  # \x04: Ctrl-D
+        main, terminal = pty.openpty()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *cli(), "dlq", "purge", ids[0], "--json", env=env, stdin=terminal, stdout=PIPE, stderr=PIPE
+            )
+            os.write(main, answer.encode())
+            out, err = await asyncio.wait_for(process.communicate(), WAIT)
+        finally:
+            os.close(terminal)
+            os.close(main)
+        assert "Traceback" not in err.decode()
+        assert err.decode().startswith("Delete 1 dead letter(s) for good? [y/N] ")
+        if kept == ids:
+            assert process.returncode == 2 and "nothing purged" in err.decode() and out == b""
+        else:
+            assert process.returncode == 0 and json.loads(out) == {"purged": 1, "ids": [ids[0]]}
+        assert await letter_ids(amqp, topology_spec) == kept

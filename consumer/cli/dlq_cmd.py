@@ -231,8 +231,10 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def _confirmed(selector: Selector) -> bool:
+    """Ask on a terminal, never off one. The question goes to stderr (stdout is for the
+    result, e.g. --json); Ctrl-D is a no."""
     if not sys.stdin.isatty():
         return False
     what = "EVERY dead letter" if selector.everything else f"{len(selector.ids)} dead letter(s)"
-    answer = input(f"Delete {what} for good? [y/N] ")
-    return answer.strip().lower() in ("y", "yes")
+    print(f"Delete {what} for good? [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
