@@ -16,12 +16,12 @@ import msgspec
 from rich.markup import escape
 from rich.status import Status
 
-from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, config_from
+from consumer.cli.command_args import add_command_arguments, command_from
+from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, config_from
 from consumer.cli.console import notice, stderr_console
 from consumer.cli.submit_cmd import show_result
-from consumer.client.command_file import CommandFileError, read_command
 from consumer.config import DaggerAdapterConfig
-from schemas import ExecutionCommand, ExecutionResult, ExecutionType
+from schemas import ExecutionCommand, ExecutionResult
 
 _MARKS = {"started": "▶", "succeeded": "[green]✔[/]", "failed": "[red]✘[/]"}
 
@@ -36,9 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "succeeded, 1 if it failed, 2 if the file or the arguments are wrong."
         ),
     )
-    parser.add_argument("file", metavar="FILE", help="the command as JSON or YAML; - reads stdin")
-    parser.add_argument("--task-id", help="set the task id (a document without one gets a fresh id)")
-    parser.add_argument("--type", dest="execution_type", choices=[t.value for t in ExecutionType], help="set the type")
+    add_command_arguments(parser)
     parser.add_argument("--no-cache", action="store_true", help="neither use nor store a cached result")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
     parser.set_defaults(handler=run)
@@ -46,10 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     config = config_from(args)
-    try:
-        command = read_command(args.file, task_id=args.task_id, execution_type=args.execution_type)
-    except CommandFileError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+    command = command_from(args)
     if args.no_cache:
         command = msgspec.structs.replace(command, parameters={**command.parameters, "cache": False})
     _quiet_logs(config)

@@ -13,11 +13,11 @@ from rich.status import Status
 
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
-from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, config_from
+from consumer.cli.command_args import add_command_arguments, command_from
+from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, config_from
 from consumer.cli.console import notice, print_json, seconds_text, stderr_console, stdout_console
 from consumer.client import ConnectionLost, ExecutionClient
-from consumer.client.command_file import CommandFileError, read_command
-from schemas import ExecutionCommand, ExecutionResult, ExecutionType, StatusEvent
+from schemas import ExecutionCommand, ExecutionResult, StatusEvent
 
 DEFAULT_WAIT_SECONDS = 600.0
 
@@ -33,9 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "2 means the file or the arguments are wrong."
         ),
     )
-    parser.add_argument("file", metavar="FILE", help="the command as JSON or YAML; - reads stdin")
-    parser.add_argument("--task-id", help="set the task id (a document without one gets a fresh id)")
-    parser.add_argument("--type", dest="execution_type", choices=[t.value for t in ExecutionType], help="set the type")
+    add_command_arguments(parser)
     parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
     parser.add_argument(
         "--timeout",
@@ -50,10 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     config = config_from(args)
-    try:
-        command = read_command(args.file, task_id=args.task_id, execution_type=args.execution_type)
-    except CommandFileError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+    command = command_from(args)
 
     async def go() -> int:
         async with client_for(config) as client:
