@@ -141,6 +141,9 @@ async def test_dlq_replay_by_category_task_id_and_dry_run(
     assert nothing.code == 2 and "exactly one of" in one_line_error(nothing)
     both = await run_cli("dlq", "replay", ids[2], "--all", env=env)
     assert both.code == 2
+    typo = await run_cli("dlq", "replay", "--category", "transiant", env=env)  # not a silent "replayed 0"
+    assert typo.code == 2 and "invalid choice" in typo.err
+    assert await letter_ids(amqp, topology_spec) == [ids[2]]
 
 
 async def test_dlq_purge_needs_confirmation(

@@ -16,6 +16,7 @@ from consumer.cli.console import print_json, stdout_console
 from consumer.client import DeadLetter, DeadLetterQueue, Replayed, ReplayIncomplete, Selector
 from consumer.client.publishing import require_queue
 from consumer.config import DaggerAdapterConfig, topology_for
+from schemas import ErrorCategory
 
 DEFAULT_LIMIT = 50
 ERROR_WIDTH = 80  # characters of the error shown in the list; `dlq show` has all of it
@@ -52,7 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     _add_selection(replay, "replay")
-    replay.add_argument("--category", help="every dead letter of this error category (e.g. transient)")
+    replay.add_argument(
+        "--category",
+        choices=[*(c.value for c in ErrorCategory), "unknown"],  # "unknown": headers without a category
+        help="every dead letter of this error category",
+    )
     replay.add_argument("--task-id", help="every dead letter of this task")
     replay.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
     replay.add_argument("--json", action="store_true", help="machine-readable output")

@@ -82,7 +82,7 @@ class DeadLetter:
     @property
     def replay_routing_key(self) -> str:
         """Where a replay sends it: the execution type from the body, else the original key."""
-        return self.execution_type or self.routing_key
+        return Topology.task_routing_key(self.execution_type) if self.execution_type else self.routing_key
 
     def summary(self) -> dict[str, Any]:
         """What ``dlq list`` shows."""
@@ -161,9 +161,12 @@ class ReplayIncomplete(ClientError):
 class DeadLetterQueue:
     """The dead-letter queue of ``topology``, on ``connection``."""
 
-    def __init__(self, connection: AbstractConnection, topology: Topology) -> None:
+    def __init__(
+        self, connection: AbstractConnection, topology: Topology, *, publish_timeout: float | None = 30.0
+    ) -> None:
         self.connection = connection
         self.topology = topology
+        self.publish_timeout = publish_timeout  # a broker that never confirms (resource alarm) stops a replay
 
     async def browse(self, limit: int | None = None) -> list[DeadLetter]:
         """The first ``limit`` dead letters (all when None), oldest first; nothing is consumed."""
@@ -194,7 +197,11 @@ class DeadLetterQueue:
                     replay_id = uuid.uuid4().hex
                     try:
                         await publish_confirmed(
-                            tasks, replay_message(letter, replay_id), letter.replay_routing_key, task_id=letter.task_id
+                            tasks,
+                            replay_message(letter, replay_id),
+                            letter.replay_routing_key,
+                            task_id=letter.task_id,
+                            timeout=self.publish_timeout,
                         )
                     except ClientError as exc:
                         raise ReplayIncomplete(f"replay of {letter.id} failed: {exc}", moved) from None
