@@ -150,9 +150,11 @@ async def test_submit_and_wait_times_out_and_forgets_the_call(
             await client.submit_and_wait(command(task_id="nobody-home"), timeout=0.5)
         assert client.waiting == 0
         # A reply arriving after the timeout is ignored, and the client still works.
-        async with Responder(amqp, topology_spec):
+        async with Responder(amqp, topology_spec) as responder:
             result = await client.submit_and_wait(command(task_id="after-timeout"), timeout=WAIT)
         assert result.task_id == "after-timeout"
+        answered = [decode(m.body, ExecutionCommand).task_id for m in responder.seen]
+        assert answered == ["nobody-home", "after-timeout"]  # the late reply was sent, and ignored
 
 
 async def test_one_thousand_concurrent_submit_and_wait_calls(
