@@ -74,6 +74,11 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     def __post_init__(self) -> None:
         if not self.worker_id.strip():
             raise ValueError("worker_id must not be empty")
+        try:
+            # Checked here: aio-pika's robust connection would retry a malformed URL forever.
+            check_amqp_url(self.amqp_url)
+        except ValueError as exc:
+            raise ValueError(f"amqp_url: {exc}") from None
 
     def __repr__(self) -> str:
         return "DaggerAdapterConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
@@ -91,6 +96,24 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
                 value = repr(value)
             out[name] = value
         return out
+
+
+AMQP_SCHEMES = ("amqp", "amqps")
+
+
+def check_amqp_url(url: str) -> None:
+    """Raise ``ValueError`` (without the URL: it may hold a password) unless ``url`` looks
+    like ``amqp[s]://user:password@host[:port]/vhost``."""
+    expected = "expected amqp://user:password@host:port/vhost"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"not a valid AMQP URL ({exc}); {expected}") from None
+    if parts.scheme not in AMQP_SCHEMES:
+        raise ValueError(f"not an AMQP URL (scheme {parts.scheme!r}); {expected}")
+    if not parts.hostname:
+        raise ValueError(f"the AMQP URL names no host; {expected}")
 
 
 def redact_url(url: str) -> str:

@@ -163,3 +163,11 @@ def test_the_readme_documents_every_configuration_field() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = [f for f in DaggerAdapterConfig.__struct_fields__ if f"| `{f}` |" not in readme]
     assert missing == [], f"README's configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize("url", ["notaurl", "rabbit:5672", "http://rabbit/", "amqp://u:pw-SECRET@rabbit:port/"])
+def test_a_malformed_amqp_url_fails_at_start_up_without_echoing_it(url: str) -> None:
+    # aio-pika's robust connection would retry a malformed URL forever instead.
+    with pytest.raises(ConfigError, match="amqp_url") as info:
+        load_config(env={"DAGGER_ADAPTER_AMQP_URL": url})
+    assert "SECRET" not in str(info.value)

@@ -11,8 +11,7 @@ import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
 from consumer.cli.common import EXIT_USAGE, CliError
-from consumer.client.broker_url import check_amqp_url
-from consumer.config import redact_url
+from consumer.config import check_amqp_url, redact_url
 
 
 def quiet_amqp_logs() -> None:

@@ -11,7 +11,6 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
-from consumer.client.broker_url import check_amqp_url
 from consumer.client.publishing import (
     command_message,
     confirm_channel,
@@ -27,6 +26,7 @@ from consumer.client.subscriptions import (
     status_decoder,
     status_routing_keys,
 )
+from consumer.config import check_amqp_url
 from schemas import (
     ExecutionCommand,
     ExecutionResult,
