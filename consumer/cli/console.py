@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from rich.console import Console
+from rich.status import Status
 
 # Off a terminal (pipes, CI logs, tests) rich would assume 80 columns and cut ids short.
 _WIDE = 200
@@ -20,6 +22,33 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _WIDE)
+
+
+class TaskSpinner:
+    """While a task runs: a spinner on stderr when it is a terminal (nothing otherwise; the
+    subclass then prints plain lines). Subclasses say what it shows in ``_text``."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.console = stderr_console()
+        self.started = time.monotonic()
+        self.spinner: Status | None = None
+
+    def __enter__(self) -> Any:
+        if self.console.is_terminal:
+            self.spinner = self.console.status(self._text())
+            self.spinner.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+
+    def _text(self) -> str:
+        raise NotImplementedError
+
+    def elapsed(self, doing: str) -> str:
+        return f"task {self.task_id}: {doing} ({time.monotonic() - self.started:.0f} s)"
 
 
 def print_json(value: Any) -> None:

@@ -14,11 +14,10 @@ import time
 
 import msgspec
 from rich.markup import escape
-from rich.status import Status
 
 from consumer.cli.command_args import add_command_arguments, command_from
 from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, config_from
-from consumer.cli.console import notice, stderr_console
+from consumer.cli.console import TaskSpinner, notice
 from consumer.cli.submit_cmd import show_result
 from consumer.config import DaggerAdapterConfig
 from schemas import ExecutionCommand, ExecutionResult
@@ -66,30 +65,16 @@ async def execute(config: DaggerAdapterConfig, command: ExecutionCommand) -> Exe
         await adapter.close()
 
 
-class StepProgress:
+class StepProgress(TaskSpinner):
     """Steps as they start and end: a spinner naming the running ones on a terminal, one
     plain line per change otherwise (stderr either way: stdout is for the result)."""
 
     def __init__(self, task_id: str) -> None:
-        self.task_id = task_id
-        self.console = stderr_console()
+        super().__init__(task_id)
         self.running: dict[str, float] = {}
-        self.spinner: Status | None = None
-        self.started = time.monotonic()
-
-    def __enter__(self) -> StepProgress:
-        if self.console.is_terminal:
-            self.spinner = self.console.status(self._text())
-            self.spinner.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.spinner is not None:
-            self.spinner.stop()
 
     def _text(self) -> str:
-        doing = ", ".join(self.running) or "starting"
-        return f"task {self.task_id}: {doing} ({time.monotonic() - self.started:.0f} s)"
+        return self.elapsed(", ".join(self.running) or "starting")
 
     def update(self, step: str, state: str, detail: str | None) -> None:
         if state == "started":

@@ -6,16 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import time
 from typing import Any
-
-from rich.status import Status
 
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.command_args import add_command_arguments, command_from
 from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, config_from
-from consumer.cli.console import notice, print_json, seconds_text, stderr_console, stdout_console
+from consumer.cli.console import TaskSpinner, notice, print_json, seconds_text, stdout_console
 from consumer.client import ConnectionLost, ExecutionClient
 from schemas import ExecutionCommand, ExecutionResult, StatusEvent
 
@@ -93,28 +90,15 @@ async def submit_and_show(client: ExecutionClient, command: ExecutionCommand, ti
     return EXIT_OK if result.success else EXIT_FAILURE
 
 
-class Progress:
+class Progress(TaskSpinner):
     """A spinner with the task's latest state on a terminal; plain state lines otherwise."""
 
     def __init__(self, task_id: str) -> None:
-        self.task_id = task_id
-        self.console = stderr_console()
-        self.started = time.monotonic()
+        super().__init__(task_id)
         self.state = "submitted"
-        self.spinner: Status | None = None
-
-    def __enter__(self) -> Progress:
-        if self.console.is_terminal:
-            self.spinner = self.console.status(self._text())
-            self.spinner.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.spinner is not None:
-            self.spinner.stop()
 
     def _text(self) -> str:
-        return f"task {self.task_id}: {self.state} ({time.monotonic() - self.started:.0f} s)"
+        return self.elapsed(self.state)
 
     async def follow(self, events: Any) -> None:
         async for event in events:
