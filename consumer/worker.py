@@ -550,6 +550,14 @@ class Worker:
         then acked."""
         outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
         ledger = self._require_ledger()
+        earlier = await ledger.outcome(command.task_id)
+        if earlier is not None and not _replaced_by(earlier, delivery):
+            # Another worker finished this task while we ran it: our lease lapsed (a stall longer
+            # than the lease) and it took the task over. The first outcome stands; publishing ours
+            # too would give the task two results.
+            log.warning("another worker finished this task first; its outcome stands and ours is not published")
+            await self._settle(delivery)
+            return
         await ledger.record(outcome)
         await self._publish_outcome(delivery, command, outcome)
         await ledger.mark_published(outcome)
@@ -587,7 +595,7 @@ class Worker:
         stored = await self._require_ledger().outcome(command.task_id)
         if stored is None:
             return False
-        if not stored.result.success and delivery.replay_id is not None and delivery.replay_id != stored.replay_id:
+        if _replaced_by(stored, delivery):
             log.info("replay of a failed task: running it again")
             return False
         same_message = delivery.message_id is not None and delivery.message_id == stored.message_id
@@ -843,6 +851,11 @@ def _log_progress(step: str, state: str, detail: str | None) -> None:
 def _is_being_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _replaced_by(stored: StoredOutcome, delivery: Delivery) -> bool:
+    """A stored failure gives way to a replay of its task (a new ``x-replay-id``)."""
+    return not stored.result.success and delivery.replay_id is not None and delivery.replay_id != stored.replay_id
 
 
 def _failed_fast_on_open_circuit(result: ExecutionResult) -> bool:

@@ -26,7 +26,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from consumer.config import load_config
-from consumer.ledger import Ledger
+from consumer.ledger import Ledger, StoredOutcome
 from consumer.logs import JsonFormatter
 from consumer.worker import Worker
 from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, decode
@@ -423,6 +423,48 @@ async def test_engine_down_pauses_consuming_and_resumes_after_recovery(
             if e.task_id == result.task_id and e.state.value == "retrying" and "not an attempt" not in (e.detail or "")
         ]
         assert result.attempts == len(counted) + 1
+    assert await dead_letters(channel, topology_spec) == []
+
+
+async def test_when_another_worker_finished_the_task_first_only_its_outcome_is_published(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    valkey_url: str,
+    amqp: AbstractRobustConnection,
+) -> None:
+    """Our lease lapsed mid-execution (a stall) and another worker took the task over and
+    finished it first: the task must still have one result, the first."""
+    worker = await start_worker()
+    release = threading.Event()
+
+    def held(_: ExecRecord) -> ExecOutcome:
+        release.wait(30)
+        return ExecOutcome(stdout="ours\n")
+
+    dagger_engine.on_exec(["slow"], held)
+    await publish_command(channel, topology_spec, command("taken-over", "slow"))
+    await wait_until(lambda: dagger_engine.current_execs == 1, 30, "our execution running")
+
+    other = Ledger.from_url(valkey_url, namespace=topology_spec.prefix, lease_seconds=1, outcome_ttl_seconds=60)
+    theirs = ExecutionResult(task_id="taken-over", success=True, result={"stdout": "theirs\n"}, worker_id="other")
+    try:
+        await other.record(StoredOutcome(result=theirs, message_id="their-copy", published=True))
+    finally:
+        await other.close()
+    release.set()
+
+    async def settled() -> bool:
+        depths = await queue_depths(amqp, topology_spec)
+        return worker.in_flight == 0 and depths[topology_spec.tasks_queue] == 0
+
+    await wait_until(settled, 30, "our copy acked")
+    await settle(observer, worker)
+    assert observer.results_for("taken-over") == []  # the other worker published its own
+    stored = await ledger_outcome(valkey_url, topology_spec, "taken-over")
+    assert stored is not None and stored.result.worker_id == "other"
     assert await dead_letters(channel, topology_spec) == []
 
 
