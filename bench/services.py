@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from consumer.config import redact_url
 from tests.dagger_engine import TestEngine
-from topology import Topology, declare
+from topology import Topology, declare, delete
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -87,11 +87,7 @@ async def broker_topology(url: str, spec: Topology) -> AsyncIterator[AbstractRob
         yield connection
     finally:
         try:
-            channel = await connection.channel()
-            for queue in spec.queues:
-                await channel.queue_delete(queue.name)
-            for exchange in spec.exchanges:
-                await channel.exchange_delete(exchange.name)
+            await delete(connection, spec)
         finally:
             await connection.close()
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import aio_pika
 import pytest
 
-from topology import Topology
+from topology import Topology, delete
 
 pytest_plugins = ["tests.dagger_engine.fixtures"]
 
@@ -100,10 +100,6 @@ async def topology_spec(prefix: str, amqp_url: str) -> AsyncIterator[Topology]:
     yield spec
     connection = await aio_pika.connect_robust(amqp_url)
     try:
-        channel = await connection.channel()
-        for q in spec.queues:
-            await channel.queue_delete(q.name)
-        for e in spec.exchanges:
-            await channel.exchange_delete(e.name)
+        await delete(connection, spec)
     finally:
         await connection.close()

@@ -1,6 +1,6 @@
 """Exchanges, queues, retry tiers and the dead-letter queue, declared from one place."""
 
-from topology.declare import DeclaredTopology, TopologyConflict, declare, queue_depths
+from topology.declare import DeclaredTopology, TopologyConflict, declare, delete, queue_depths
 from topology.spec import ExchangeSpec, QueueSpec, RetryTier, Topology
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "Topology",
     "TopologyConflict",
     "declare",
+    "delete",
     "queue_depths",
 ]
