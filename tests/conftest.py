@@ -21,7 +21,7 @@ import pytest
 
 from topology import Topology, delete
 
-pytest_plugins = ["tests.dagger_engine.fixtures"]
+pytest_plugins = ["tests.dagger_engine.fixtures", "tests.support.fixtures"]
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -48,17 +48,6 @@ StartWorker = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture
-async def observer(amqp: AbstractRobustConnection, topology_spec: Topology) -> Observer:
-    await declare(amqp, topology_spec)
-    return await Observer(amqp, topology_spec).start()
-
-
-@pytest.fixture
-async def channel(amqp: AbstractRobustConnection) -> AbstractChannel:
-    return await amqp.channel()
-
-
-@pytest.fixture
 async def start_worker(
     amqp_url: str,
     valkey_url: str,

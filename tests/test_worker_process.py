@@ -25,20 +25,9 @@ from tests.support.worker_process import (
     wait_until,
     worker_settings,
 )
-from topology import Topology, declare, queue_depths
+from topology import Topology, queue_depths
 
 Spawn = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-async def observer(amqp: AbstractRobustConnection, topology_spec: Topology) -> Observer:
-    await declare(amqp, topology_spec)
-    return await Observer(amqp, topology_spec).start()
-
-
-@pytest.fixture
-async def channel(amqp: AbstractRobustConnection) -> AbstractChannel:
-    return await amqp.channel()
 
 
 @pytest.fixture
