@@ -10,7 +10,7 @@ import pytest
 from consumer.cli import main
 from consumer.client.command_file import read_command
 from schemas import decode_command, encode
-from tests.dagger_engine import TestEngine
+from tests.dagger_engine import ExecOutcome, TestEngine
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.*"))
@@ -56,3 +56,25 @@ def test_build_and_test_runs_its_checks_side_by_side_then_reports(
     assert first == ["python", "--version"]  # prepare, before everything that depends on it
     assert sorted(a[1] for a in checks) == ["-c", "-m"]  # compile and smoke-test, in either order
     assert last[:2] == ["sh", "-c"]  # report, after both checks
+
+
+def test_data_processing_runs_the_example_workflow_on_the_example_data(
+    dagger_engine: TestEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test engine has no Python: it stands in for the two python steps.
+    totals = {"rows": 3, "columns": ["region", "units", "revenue"], "totals": {"units": 39.0, "revenue": 1070.75}}
+
+    def python_step(marker: str):  # type: ignore[no-untyped-def]
+        return lambda record: record.args[:2] == ["python", "-c"] and marker in record.args[2]
+
+    dagger_engine.on_exec(python_step("csv.DictReader"), ExecOutcome(files={"/data/results.json": json.dumps(totals)}))
+    dagger_engine.on_exec(python_step("json.load"), ExecOutcome(stdout=f"{totals}\n"))
+    monkeypatch.chdir(ROOT)  # as the file says: run from the repository root
+
+    code = main(["--config", str(_config(tmp_path)), "run", "examples/data-processing.yaml", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0, result
+    assert json.loads(result["result"]["outputs"]["summarize"]["results"]) == totals
+    validate = next(e for e in dagger_engine.execs if e.args[:2] == ["sh", "-c"])
+    assert validate.mounts["/data"] == ("host", str(ROOT / "examples" / "data"))
+    assert not (ROOT / "examples" / "data" / "results.json").exists()  # the volume is read-only
