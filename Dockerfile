@@ -25,6 +25,7 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY workflows /app/workflows
 WORKDIR /app
 ENV _EXPERIMENTAL_DAGGER_CLI_BIN=/usr/local/bin/dagger \
+    DAGGER_ADAPTER_HEALTH_FILE=/tmp/dagger-adapter/health.json \
     DAGGER_ADAPTER_WORKFLOW_DIRECTORY=/app/workflows \
     DAGGER_ADAPTER_CACHE_DIRECTORY=/var/cache/dagger-adapter \
     PYTHONUNBUFFERED=1
@@ -32,5 +33,7 @@ RUN mkdir -p /var/cache/dagger-adapter && chown adapter /var/cache/dagger-adapte
 USER adapter
 # SIGTERM drains: in-flight executions finish within DAGGER_ADAPTER_DRAIN_TIMEOUT_SECONDS.
 STOPSIGNAL SIGTERM
+# Alive while the worker rewrites its health file (every heartbeat interval); reaches no service.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s CMD ["dagger-adapter", "health"]
 ENTRYPOINT ["dagger-adapter"]
 CMD ["worker"]

@@ -68,6 +68,9 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     # How long a running task's lease in Valkey lives without renewal (another worker may take it over).
     lease_seconds: PositiveFloat = 30.0
     log_level: str = "INFO"
+    # The worker rewrites this file with its latest heartbeat every heartbeat interval, so a
+    # container probe can run `dagger-adapter health` without reaching RabbitMQ.
+    health_file: str | None = None
     # RabbitMQ's consumer_timeout (not readable over AMQP): the worker warns when timeout_seconds exceeds it.
     broker_consumer_timeout_seconds: PositiveFloat = 1800.0
 

@@ -47,6 +47,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from valkey.exceptions import ValkeyError
 
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
+from consumer.health import write_health_file
 from consumer.ledger import Ledger, StoredOutcome
 from consumer.logs import task_context, worker_id_var
 from schemas import (
@@ -404,6 +405,11 @@ class Worker:
             version=status.version,
             circuit=status.circuit,
         )
+        if self.config.health_file:
+            try:
+                write_health_file(self.config.health_file, beat)
+            except OSError as exc:
+                log.warning("health file %s not written: %s", self.config.health_file, exc)
         try:
             await self._publish(
                 self._exchanges.status,

@@ -40,7 +40,11 @@ def test_kubernetes_settings_are_valid_configuration() -> None:
     assert config.timeout_seconds <= config.broker_consumer_timeout_seconds
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > config.drain_timeout_seconds
-    assert pod["containers"][0]["args"] == ["worker"]
+    worker = pod["containers"][0]
+    assert worker["args"] == ["worker"]
+    assert config.health_file
+    assert worker["livenessProbe"]["exec"]["command"] == ["dagger-adapter", "health"]
+    assert worker["readinessProbe"]["exec"]["command"] == ["dagger-adapter", "health", "--ready"]
 
 
 def test_the_broker_consumer_timeout_matches_what_the_workers_are_told() -> None:

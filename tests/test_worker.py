@@ -12,10 +12,14 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,15 @@ from topology import Topology, declare, queue_depths
 StartWorker = Callable[..., Awaitable[Worker]]
 
 
+_RUNS: weakref.WeakKeyDictionary[Worker, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+async def stop_worker(worker: Worker) -> None:
+    """Stop a worker the ``start_worker`` fixture started, and wait until it has shut down."""
+    worker.request_stop()
+    await asyncio.wait_for(_RUNS[worker], 30)
+
+
 @pytest.fixture
 async def start_worker(
     amqp_url: str,
@@ -72,6 +85,7 @@ async def start_worker(
         worker = Worker(load_config(env=settings))
         task = asyncio.create_task(worker.run())
         running.append((worker, task))
+        _RUNS[worker] = task
         if not wait_ready:
             return worker
         ready = asyncio.create_task(observer.wait_ready(worker.worker_id))
@@ -481,6 +495,51 @@ async def test_a_worker_started_without_an_engine_waits_for_it_before_consuming(
     await settle(observer, worker)
     assert sorted(r.task_id for r in observer.results) == sorted(ids)
     assert all(r.success and r.attempts == 1 for r in observer.results)
+
+
+def _probe(health_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DAGGER_ADAPTER_HEALTH_FILE": str(health_file),
+        "DAGGER_ADAPTER_HEARTBEAT_INTERVAL_SECONDS": "0.3",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "consumer.cli", "health", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+async def test_the_health_file_answers_liveness_and_readiness_probes(
+    start_worker: StartWorker,
+    observer: Observer,
+    dagger_engine: TestEngine,
+    tmp_path: Path,
+) -> None:
+    health_file = tmp_path / "run" / "health.json"
+    dagger_engine.refuse()  # alive but not ready: no engine yet
+    worker = await start_worker(wait_ready=False, health_file=str(health_file), engine_connect_timeout_seconds=2)
+    await wait_until(health_file.exists, 30, "the health file")
+
+    alive = await asyncio.to_thread(_probe, health_file)
+    assert alive.returncode == 0, alive.stderr
+    assert alive.stdout.startswith(f"worker {worker.worker_id}: not ready")
+    not_ready = await asyncio.to_thread(_probe, health_file, "--ready")
+    assert not_ready.returncode == 1
+    assert "alive but not ready" in not_ready.stderr
+
+    dagger_engine.accept()
+    await observer.wait_ready(worker.worker_id)
+    await wait_until(lambda: b'"ready":true' in health_file.read_bytes(), 30, "a ready heartbeat in the file")
+    ready = await asyncio.to_thread(_probe, health_file, "--ready")
+    assert ready.returncode == 0, ready.stderr
+
+    await stop_worker(worker)
+    stale = time.time() - 60
+    os.utime(health_file, (stale, stale))  # as if the worker had hung a minute ago
+    dead = await asyncio.to_thread(_probe, health_file)
+    assert dead.returncode == 1
+    assert dead.stderr.strip() == (
+        f"dagger-adapter: error: worker {worker.worker_id}: no heartbeat for 60 s (at most 0.9 s)"
+    )
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from consumer.cli import (
     dlq_cmd,
+    health_cmd,
     results_cmd,
     run_cmd,
     schema_cmd,
@@ -18,7 +19,7 @@ from consumer.cli import (
 )
 from consumer.cli.common import EXIT_USAGE, CliError, fail
 
-VERBS = (worker_cmd, submit_cmd, results_cmd, status_cmd, dlq_cmd, run_cmd, topology_cmd, schema_cmd)
+VERBS = (worker_cmd, submit_cmd, results_cmd, status_cmd, dlq_cmd, run_cmd, health_cmd, topology_cmd, schema_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
