@@ -712,6 +712,7 @@ class Worker:
             message_id=original.message_id,
             correlation_id=original.correlation_id,
             reply_to=original.reply_to,
+            priority=original.priority,
             expiration=max(0.001, min(delay, tier.delay_ms / 1000)),
         )
         await self._publish_to_queue(self._exchanges.retry, tier.routing_key, message)

@@ -32,7 +32,7 @@ __all__ = ["declared"]  # the fixture, imported for pytest
 async def test_submit_publishes_a_persistent_confirmed_command_routed_by_type(
     amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: DeclaredTopology
 ) -> None:
-    cmd = command(execution_type=ExecutionType.DAGGER_PIPELINE, parameters={"module": "m", "function": "f"})
+    cmd = command(execution_type=ExecutionType.DAGGER_PIPELINE, parameters={"module": "m", "function": "f"}, priority=7)
     async with ExecutionClient.connect(amqp_url, topology_spec) as client:
         task_id = await client.submit(cmd)
     assert task_id == cmd.task_id
@@ -46,6 +46,7 @@ async def test_submit_publishes_a_persistent_confirmed_command_routed_by_type(
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert message.content_type == "application/json"
     assert message.headers[TASK_ID] == cmd.task_id
+    assert message.priority == 7  # the command's priority, as the AMQP property
     sent = decode(message.body, ExecutionCommand)
     assert (sent.task_id, sent.parameters) == (cmd.task_id, cmd.parameters)
     assert sent.submitted_at is not None

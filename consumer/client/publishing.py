@@ -32,6 +32,8 @@ def command_message(command: ExecutionCommand, *, message_id: str | None = None)
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         reply_to=command.reply_to,
         correlation_id=command.correlation_id,
+        # The AMQP priority: RabbitMQ 4 quorum queues deliver priority 5-9 before 0-4; 3.x ignores it.
+        priority=command.priority,
         timestamp=utcnow(),
         headers={TASK_ID: command.task_id},
     )
