@@ -230,16 +230,13 @@ class Worker:
             raise StartupFailed(f"cannot reach Valkey at {redact_url(valkey_url)}: {exc}") from None
         self.adapter.add_circuit_listener(self._on_circuit_change)
 
-        self._background = [
-            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
-            asyncio.create_task(self._follow_circuit(), name="circuit-follower"),
-        ]
+        start_up_pause: list[asyncio.Task[None]] = []
         if not self.adapter.get_status().engine_connected:
             # No engine yet: wait for one instead of spending every command's attempts (and the
             # breaker's threshold) on it. The pause registers itself before its first await, so
             # the sleep(0) is enough for _start_consuming below to see it.
             log.warning("Dagger engine not reachable at start-up: not consuming until a probe reaches it")
-            self._background.append(
+            start_up_pause.append(
                 asyncio.create_task(
                     self._pause_until("engine", self.adapter.probe, self.config.breaker_reset_seconds),
                     name="engine-start-up-pause",
@@ -247,6 +244,12 @@ class Worker:
             )
             await asyncio.sleep(0)
         await self._start_consuming()
+        # After consuming has started, so that the first heartbeat already says ready.
+        self._background = [
+            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
+            asyncio.create_task(self._follow_circuit(), name="circuit-follower"),
+            *start_up_pause,
+        ]
         log.info(
             "worker consuming",
             extra={

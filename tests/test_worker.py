@@ -209,6 +209,8 @@ async def test_a_transient_failure_is_retried_through_rabbitmq_then_succeeds(
     dagger_engine: TestEngine,
 ) -> None:
     worker = await start_worker()
+    first_beat = next(b for b in observer.heartbeats if b.worker_id == worker.worker_id)
+    assert first_beat.ready  # consuming before its first heartbeat: never a false "not ready"
     dagger_engine.fail_requests(1)  # the engine answers the next request with HTTP 500
     await publish_command(channel, topology_spec, command("flaky-1"))
 
