@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import msgspec
@@ -27,6 +26,7 @@ from consumer.execution.context import ProgressCallback, Redactor, RunContext, r
 from consumer.interface import AgentAdapter, AgentCapability, AgentStatus
 from consumer.paths import PathRules
 from consumer.retry import RetryHandler, RetryPolicy
+from consumer.version import package_version
 from schemas import (
     ErrorCategory,
     ExecutionCommand,
@@ -39,13 +39,6 @@ from schemas import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("dagger-adapter")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class DaggerAdapter(AgentAdapter):
@@ -76,7 +69,7 @@ class DaggerAdapter(AgentAdapter):
         self._initialized = False
         self._closed = False
         self._init_lock = asyncio.Lock()
-        self.version = _version()
+        self.version = package_version()
 
     # --- lifecycle -------------------------------------------------------------------
 

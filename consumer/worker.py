@@ -51,6 +51,7 @@ from consumer.health import write_health_file
 from consumer.ledger import Ledger, StoredOutcome
 from consumer.logs import task_context, worker_id_var
 from schemas import (
+    CONTENT_TYPE,
     DeadLetterHeaders,
     ErrorCategory,
     ExecutionCommand,
@@ -61,6 +62,7 @@ from schemas import (
     WorkerHeartbeat,
     decode_command,
     encode,
+    peek,
     utcnow,
 )
 from schemas import headers as h
@@ -72,7 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dagger_adapter.worker")
 
-CONTENT_TYPE = "application/json"
 # How long a publish waits for the broker to come back (robust reconnect) before giving up; the
 # message is then not acked and comes back to a worker later.
 PUBLISH_PATIENCE_SECONDS = 60.0
@@ -629,8 +630,8 @@ class Worker:
         reason, and answer its task (when it has a readable task id) with a failure result."""
         task_id = exc.task_id
         log.warning("invalid command dead-lettered: %s", exc)
-        peek = _peek(delivery.message.body)
-        execution_type = _text_field(peek, "execution_type") or "unknown"
+        fields = peek(delivery.message.body)
+        execution_type = _text_field(fields, "execution_type") or "unknown"
         await self._dead_letter(
             delivery,
             DeadLetterHeaders(
@@ -656,7 +657,7 @@ class Worker:
                 finished_at=now,
             )
             await self._publish_result(
-                result, execution_type, _text_field(peek, "reply_to"), _text_field(peek, "correlation_id")
+                result, execution_type, _text_field(fields, "reply_to"), _text_field(fields, "correlation_id")
             )
             await self._status_event(
                 StatusEvent(
@@ -879,14 +880,6 @@ def _failed_fast_on_open_circuit(result: ExecutionResult) -> bool:
     return "circuit: open" in error or "circuit breaker is open" in error
 
 
-def _peek(body: bytes) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _text_field(peek: dict[str, Any], name: str) -> str | None:
-    value = peek.get(name)
+def _text_field(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
     return value if isinstance(value, str) and value and len(value) <= 255 and value.isprintable() else None

@@ -1,6 +1,6 @@
 """The wire contract of Dagger Adapter. Imports nothing else of the project."""
 
-from schemas.codec import decode, decode_command, encode
+from schemas.codec import CONTENT_TYPE, decode, decode_command, encode, peek
 from schemas.enums import ErrorCategory, ExecutionType, Outcome, TaskState
 from schemas.errors import InvalidMessage
 from schemas.headers import DeadLetterHeaders
@@ -25,6 +25,7 @@ from schemas.parameters import (
 from schemas.workflow import WorkflowDefinition, WorkflowStep
 
 __all__ = [
+    "CONTENT_TYPE",
     "SCHEMA_VERSION",
     "AgentExecutionConfig",
     "AgentExecutionResult",
@@ -49,5 +50,6 @@ __all__ = [
     "decode_command",
     "encode",
     "parse_parameters",
+    "peek",
     "utcnow",
 ]

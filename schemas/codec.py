@@ -12,6 +12,8 @@ from schemas.parameters import ExecutionParameters, parse_parameters
 
 T = TypeVar("T")
 
+CONTENT_TYPE = "application/json"  # of every message we publish
+
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
     cls: msgspec.json.Decoder(cls) for cls in (ExecutionCommand, ExecutionResult, StatusEvent, WorkerHeartbeat)
@@ -40,12 +42,16 @@ def decode_command(data: bytes | str) -> tuple[ExecutionCommand, ExecutionParame
         raise InvalidMessage(str(exc), task_id=command.task_id) from None
 
 
-def _peek_task_id(data: bytes | str) -> str | None:
-    """The task id of a message that failed validation, when one can be read at all,
-    so that even a rejected command gets a failure result addressed to its task."""
+def peek(data: bytes | str) -> dict[str, Any]:
+    """The top-level fields of a message that may fail validation ({} when it is not a JSON
+    object), so that even a rejected message can be answered where it asked to be."""
     try:
-        peek = msgspec.json.decode(data)
+        value = msgspec.json.decode(data)
     except msgspec.DecodeError:
-        return None
-    task_id = peek.get("task_id") if isinstance(peek, dict) else None
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _peek_task_id(data: bytes | str) -> str | None:
+    task_id = peek(data).get("task_id")
     return task_id if isinstance(task_id, str) and task_id.strip() else None

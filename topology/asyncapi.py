@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import ExecutionType, Outcome, TaskState
+from schemas import CONTENT_TYPE, ExecutionType, Outcome, TaskState
 from schemas.jsonschema import components
 from topology.spec import Topology
 
@@ -68,7 +68,7 @@ def asyncapi_document(spec: Topology, version: str) -> dict[str, Any]:
         if not c["parameters"]:
             del c["parameters"]
     messages = {
-        name: {"name": name, "contentType": "application/json", "payload": {"$ref": ref.format(name=name)}}
+        name: {"name": name, "contentType": CONTENT_TYPE, "payload": {"$ref": ref.format(name=name)}}
         for name in ("ExecutionCommand", "ExecutionResult", "StatusEvent", "WorkerHeartbeat")
     }
     ops = {
@@ -84,7 +84,7 @@ def asyncapi_document(spec: Topology, version: str) -> dict[str, Any]:
             "version": version,
             "description": "Execution commands in, Dagger pipelines run, results and status out.",
         },
-        "defaultContentType": "application/json",
+        "defaultContentType": CONTENT_TYPE,
         "channels": channels,
         "operations": {
             op: {

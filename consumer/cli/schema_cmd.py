@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from importlib import metadata
 from pathlib import Path
 
 from consumer.cli.common import config_from, die
 from consumer.config import topology_for
+from consumer.version import package_version
 from schemas.jsonschema import json_schemas
 from topology.asyncapi import asyncapi_document
 
@@ -19,13 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e = verbs.add_parser("export", help="write <Message>.schema.json files and asyncapi.json")
     e.add_argument("-o", "--output", default="schema-out", help="output directory (default: schema-out)")
     e.set_defaults(handler=run_export)
-
-
-def package_version() -> str:
-    try:
-        return metadata.version("dagger-adapter")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -27,8 +27,8 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQu
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from consumer.client.errors import ClientError, DeadLetterNotFound, TopologyMissing
-from consumer.client.publishing import CONTENT_TYPE, confirm_channel, new_message_id, publish_confirmed
-from schemas import DeadLetterHeaders, utcnow
+from consumer.client.publishing import confirm_channel, new_message_id, publish_confirmed
+from schemas import CONTENT_TYPE, DeadLetterHeaders, utcnow
 from schemas.headers import (
     ATTEMPTS,
     DEAD_LETTERED_AT,

@@ -11,10 +11,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError, PublishError
 
 from consumer.client.errors import ConnectionLost, PublishFailed, TopologyMissing
-from schemas import ExecutionCommand, encode, utcnow
+from schemas import CONTENT_TYPE, ExecutionCommand, encode, utcnow
 from schemas.headers import TASK_ID
-
-CONTENT_TYPE = "application/json"
 
 
 def new_message_id() -> str:
