@@ -46,6 +46,7 @@ from aio_pika.abc import (
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from valkey.exceptions import ValkeyError
 
+from consumer.broker import BrokerUnavailable, connect_broker
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
 from consumer.health import write_health_file
 from consumer.ledger import Ledger, StoredOutcome
@@ -191,15 +192,9 @@ class Worker:
         worker_id_var.set(self.worker_id)
         self._warn_about_consumer_timeout()
         try:
-            self._connection = await aio_pika.connect_robust(
-                self.config.amqp_url, timeout=10, fail_fast=True, reconnect_interval=1
-            )
-        except aiormq.exceptions.ProbableAuthenticationError:
-            raise StartupFailed(f"RabbitMQ at {redact_url(self.config.amqp_url)} refused the credentials") from None
-        except BROKER_ERRORS as exc:
-            raise StartupFailed(
-                f"cannot reach RabbitMQ at {redact_url(self.config.amqp_url)}: {exc or type(exc).__name__}"
-            ) from None
+            self._connection = await connect_broker(self.config.amqp_url, reconnect_interval=1)
+        except BrokerUnavailable as exc:
+            raise StartupFailed(str(exc)) from None
         # Declared on robust channels: after a reconnect they re-declare all of it themselves.
         self._topology = await declare(self._connection, self.spec)
         self._connection.reconnect_callbacks.add(self._on_reconnect)

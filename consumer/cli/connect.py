@@ -6,12 +6,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import aio_pika
-import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
+from consumer.broker import BrokerUnavailable, connect_broker
 from consumer.cli.common import EXIT_USAGE, CliError
-from consumer.config import check_amqp_url, redact_url
+from consumer.config import check_amqp_url
 
 
 def quiet_amqp_logs() -> None:
@@ -28,16 +27,9 @@ async def connect(url: str, timeout: float = 10.0) -> AsyncIterator[AbstractRobu
     except ValueError as exc:
         raise CliError(f"amqp_url: {exc}", EXIT_USAGE) from None
     try:
-        connection = await aio_pika.connect_robust(url, timeout=timeout, fail_fast=True)
-    except aiormq.exceptions.ProbableAuthenticationError:
-        raise CliError(f"RabbitMQ at {redact_url(url)} refused the credentials") from None
-    except aiormq.exceptions.InvalidFrameError:  # Connection.Close instead of OpenOk: the vhost
-        raise CliError(
-            f"RabbitMQ at {redact_url(url)} refused to open the connection: "
-            "does the virtual host exist, and may this user use it?"
-        ) from None
-    except (ConnectionError, OSError, TimeoutError, aiormq.exceptions.AMQPConnectionError) as exc:
-        raise CliError(f"cannot reach RabbitMQ at {redact_url(url)}: {exc or type(exc).__name__}") from None
+        connection = await connect_broker(url, timeout=timeout)
+    except BrokerUnavailable as exc:
+        raise CliError(str(exc)) from None
     try:
         yield connection
     finally:
