@@ -38,7 +38,7 @@ from schemas import (
     utcnow,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.adapter")
 
 
 class DaggerAdapter(AgentAdapter):

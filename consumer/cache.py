@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import orjson
 import valkey.asyncio as valkey_asyncio
 from valkey.exceptions import ValkeyError
 
 from consumer.config import redact_url
 from schemas import ExecutionResult, ExecutionType, RegistryCredentials, decode, encode
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.cache")
 
 KEY_PREFIX = "dagger-adapter:result:"
 KEY_VERSION = 1  # bump when the key material changes shape: old entries stop matching
@@ -71,7 +70,7 @@ def cache_key(
         "inputs": dict(input_digests or {}),
         "secret_material": _secret_digest(secrets or {}, credentials),
     }
-    digest = hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    digest = hashlib.sha256(msgspec.json.encode(material, order="sorted")).hexdigest()
     return KEY_PREFIX + digest
 
 
@@ -80,7 +79,7 @@ def _secret_digest(secrets: Mapping[str, str], credentials: Iterable[RegistryCre
         "secrets": sorted(secrets.items()),
         "registry": sorted((c.address or "", c.username or "", c.secret) for c in credentials if c is not None),
     }
-    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(msgspec.json.encode(material, order="sorted")).hexdigest()
 
 
 def directory_digest(path: str | os.PathLike[str]) -> str:

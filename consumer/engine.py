@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -27,8 +26,9 @@ from typing import Any
 
 import dagger
 import gql
+import msgspec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.engine")
 
 # gql logs every request and response body at DEBUG; queries carry secrets inline
 # (setSecret(plaintext: ...)), so those loggers must never print, whatever the log level.
@@ -180,7 +180,7 @@ def _camel(name: str) -> str:
 def _graphql_literal(value: Any) -> str:
     """A JSON-like value as a GraphQL literal (JSON's string escapes are valid GraphQL)."""
     if value is None or isinstance(value, bool | int | float | str):
-        return json.dumps(value)
+        return msgspec.json.encode(value).decode()
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_graphql_literal(v) for v in value) + "]"
     raise TypeError(

@@ -14,7 +14,6 @@ from typing import Any
 import dagger
 import httpx
 import tenacity
-from aiobreaker import CircuitBreakerError
 from gql.transport.exceptions import (
     TransportClosed,
     TransportConnectionFailed,
@@ -76,10 +75,6 @@ def classify(exc: BaseException) -> ExecutionFailure:
         return classify(leaves[0]) if leaves else ExecutionFailure(ErrorCategory.TRANSIENT, "execution was cancelled")
     if isinstance(exc, InvalidMessage):
         return ExecutionFailure(ErrorCategory.INVALID, str(exc))
-    if isinstance(exc, CircuitBreakerError):
-        return ExecutionFailure(
-            ErrorCategory.TRANSIENT, f"engine circuit breaker is open: {exc.message}", circuit_open=True
-        )
     if isinstance(exc, dagger.ExecError):
         return permanent(_exec_error_message(exc))
     # An error the engine answered with (module calls are raw queries: TransportQueryError).

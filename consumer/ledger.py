@@ -21,7 +21,7 @@ import valkey.asyncio as valkey
 
 from schemas import ExecutionResult
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.ledger")
 
 # Renew/release only a lease we still own: another worker may hold it after ours expired.
 # A lease that vanished (expired during a stall, or Valkey restarted) is taken back when free.

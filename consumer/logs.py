@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import orjson
+import msgspec
 
 worker_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("worker_id", default=None)
 task_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             line["exc"] = redact(self.formatException(record.exc_info))
-        return orjson.dumps(line, default=str).decode()
+        return msgspec.json.encode(line, enc_hook=str).decode()
 
 
 def configure_logging(level: str = "INFO", *, worker_id: str | None = None, stream: TextIO | None = None) -> None:

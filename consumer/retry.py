@@ -19,7 +19,7 @@ from tenacity.asyncio import AsyncRetrying
 from consumer.errors import ExecutionFailure, classify
 from schemas import ErrorCategory
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.retry")
 
 T = TypeVar("T")
 

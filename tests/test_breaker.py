@@ -114,6 +114,76 @@ async def test_a_failing_listener_does_not_break_the_breaker() -> None:
     assert seen == ["open"]
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_reset_time_is_measured_on_the_given_monotonic_clock() -> None:
+    clock = FakeClock()
+    breaker = EngineCircuitBreaker(failure_threshold=1, reset_seconds=30, clock=clock)
+    await expect_failure(breaker, engine_down)
+    clock.now += 29.9
+    assert (await expect_failure(breaker, engine_ok)).circuit_open  # not yet: fail fast
+    assert breaker.state == "open"
+    clock.now += 0.1
+    assert await breaker.call(engine_ok) == "ok"
+    assert breaker.state == "closed" and breaker.failure_count == 0
+
+
+async def test_half_open_lets_exactly_one_probe_through() -> None:
+    clock = FakeClock()
+    breaker = EngineCircuitBreaker(failure_threshold=1, reset_seconds=1, clock=clock)
+    await expect_failure(breaker, engine_down)
+    clock.now += 1
+    release = asyncio.Event()
+    calls = 0
+
+    async def slow_engine() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return "ok"
+
+    probe = asyncio.create_task(breaker.call(slow_engine))
+    await asyncio.sleep(0)
+    assert breaker.state == "half-open"
+    others = await asyncio.gather(*(breaker.call(slow_engine) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(o, ExecutionFailure) and o.circuit_open for o in others)
+    release.set()
+    assert await probe == "ok"
+    assert calls == 1 and breaker.state == "closed"
+
+
+async def test_a_cancelled_call_neither_counts_nor_blocks_the_next_probe() -> None:
+    clock = FakeClock()
+    breaker = EngineCircuitBreaker(failure_threshold=1, reset_seconds=1, clock=clock)
+    await expect_failure(breaker, engine_down)
+    clock.now += 1
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    probe = asyncio.create_task(breaker.call(hangs))
+    await asyncio.sleep(0)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    assert breaker.state == "half-open"
+    assert await breaker.call(engine_ok) == "ok"  # the next call is the probe
+    assert breaker.state == "closed"
+
+
+def test_rejects_nonsense_settings() -> None:
+    with pytest.raises(ValueError):
+        EngineCircuitBreaker(failure_threshold=0, reset_seconds=1)
+    with pytest.raises(ValueError):
+        EngineCircuitBreaker(failure_threshold=1, reset_seconds=-1)
+
+
 # --- through the adapter, against the engine ----------------------------------------------
 
 

@@ -163,14 +163,14 @@ async def test_valkey_down_runs_uncached_with_one_warning(
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     echo_workflow(tmp_path)
-    caplog.set_level(logging.WARNING, logger="consumer.cache")
+    caplog.set_level(logging.WARNING, logger="dagger_adapter.cache")
     config = adapter_config(tmp_path, valkey_url=f"redis://:cache-pw@127.0.0.1:{closed_port}/0")
     async with started(config) as adapter:
         results = [await adapter.execute(command(f"d-{n}", tmp_path)) for n in range(3)]
         assert not adapter.get_status().cache_available
     assert all(r.success and not r.cached for r in results)
     assert len(dagger_engine.execs) == 3
-    warnings = [r for r in caplog.records if r.name == "consumer.cache"]
+    warnings = [r for r in caplog.records if r.name == "dagger_adapter.cache"]
     assert len(warnings) == 1 and "uncached" in warnings[0].getMessage()
     assert "cache-pw" not in caplog.text
 
@@ -199,7 +199,7 @@ async def test_caching_resumes_when_valkey_comes_back(tmp_path: Path, caplog: py
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    caplog.set_level(logging.INFO, logger="consumer.cache")
+    caplog.set_level(logging.INFO, logger="dagger_adapter.cache")
     cache = CacheManager(
         url=f"redis://127.0.0.1:{port}", data_directory=tmp_path, ttl_seconds=60, outage_backoff_seconds=0
     )
@@ -214,7 +214,7 @@ async def test_caching_resumes_when_valkey_comes_back(tmp_path: Path, caplog: py
     finally:
         await cache.close()
         server.stop()
-    messages = [r.getMessage() for r in caplog.records if r.name == "consumer.cache"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "dagger_adapter.cache"]
     assert len([m for m in messages if "unreachable" in m]) == 1
     assert any("reachable again" in m for m in messages)
 

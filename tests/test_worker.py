@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import orjson
+import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
@@ -111,12 +111,12 @@ def worker_log() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    loggers = [logging.getLogger(name) for name in ("dagger_adapter", "consumer")]
+    loggers = [logging.getLogger(name) for name in ("dagger_adapter",)]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    yield lambda: [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    yield lambda: [msgspec.json.decode(line) for line in stream.getvalue().splitlines()]
     for logger, level in zip(loggers, levels, strict=True):
         logger.removeHandler(handler)
         logger.setLevel(level)

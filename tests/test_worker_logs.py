@@ -6,7 +6,7 @@ import io
 import logging
 from collections.abc import Iterator
 
-import orjson
+import msgspec
 import pytest
 
 from consumer.logs import configure_logging, task_context
@@ -29,7 +29,7 @@ def captured() -> Iterator[io.StringIO]:
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    return [msgspec.json.decode(line) for line in stream.getvalue().splitlines()]
 
 
 def test_every_line_names_worker_task_and_attempt(captured: io.StringIO) -> None:

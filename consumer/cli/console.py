@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -56,7 +55,7 @@ def print_json(value: Any) -> None:
     if isinstance(value, msgspec.Struct):
         text = msgspec.json.encode(value).decode()
     else:
-        text = json.dumps(value, ensure_ascii=False, default=str)
+        text = msgspec.json.encode(value, enc_hook=str).decode()
     print(text, flush=True)
 
 

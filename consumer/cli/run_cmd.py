@@ -97,7 +97,7 @@ def _quiet_logs(config: DaggerAdapterConfig) -> None:
     for name in ("httpx", "httpcore", "dagger", "gql"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # The adapter's own task lines repeat what the printed result says.
-    logging.getLogger("consumer.adapter").setLevel(logging.ERROR)
+    logging.getLogger("dagger_adapter.adapter").setLevel(logging.ERROR)
 
 
 __all__ = ["EXIT_USAGE", "StepProgress", "execute", "register", "run"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from consumer.cli.common import config_from, die
 from consumer.config import topology_for
@@ -21,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e.set_defaults(handler=run_export)
 
 
+def _pretty(document: Any) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+
+
 def run_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     try:
@@ -30,11 +36,11 @@ def run_export(args: argparse.Namespace) -> int:
     written = []
     for name, schema in json_schemas().items():
         path = out / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2) + "\n")
+        path.write_bytes(_pretty(schema))
         written.append(path)
     doc = asyncapi_document(topology_for(config_from(args)), package_version())
     path = out / "asyncapi.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.write_bytes(_pretty(doc))
     written.append(path)
     for p in written:
         print(p)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 from typing import Any
+
+import msgspec
 
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
@@ -129,4 +130,4 @@ def show_result(result: ExecutionResult, as_json: bool) -> None:
         category = result.error_category.value if result.error_category else "failed"
         console.print(f"[red]✘[/] task [bold]{result.task_id}[/] failed ({category}, {where}): {result.error or ''}")
     if result.result is not None:
-        console.print_json(json.dumps(result.result, default=str))
+        console.print_json(msgspec.json.encode(result.result, enc_hook=str).decode())

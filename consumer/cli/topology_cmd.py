@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+
+import msgspec
 
 from consumer.cli.common import CliError, config_from
 from consumer.cli.connect import connect
+from consumer.cli.console import stdout_console
 from consumer.config import topology_for
 from topology import Topology, TopologyConflict, declare
 
@@ -59,12 +61,11 @@ def run_show(args: argparse.Namespace) -> int:
     spec = topology_for(config_from(args))
     info = describe(spec)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(msgspec.json.format(msgspec.json.encode(info), indent=2).decode())
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = stdout_console()
     ex_table = Table(title="exchanges")
     for col in ("name", "type", "purpose"):
         ex_table.add_column(col)

@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from consumer.client.errors import ClientError, ConnectionLost
 from schemas import ExecutionResult, InvalidMessage, decode
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.client.replies")
 
 
 class ReplyRouter:

@@ -14,7 +14,7 @@ from consumer.client.errors import TopologyMissing
 from schemas import ExecutionResult, InvalidMessage, StatusEvent, WorkerHeartbeat, decode
 from topology import Topology
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.client.subscriptions")
 
 E = TypeVar("E")
 

@@ -14,7 +14,7 @@ from consumer.engine import EngineSession
 from consumer.paths import PathRules
 from schemas import RegistryCredentials
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.execution.context")
 
 # on_progress(step, state, detail): state is "started", "succeeded" or "failed".
 ProgressCallback = Callable[[str, str, str | None], None]

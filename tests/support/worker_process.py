@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import orjson
+import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from schemas import (
@@ -130,8 +130,8 @@ class WorkerProcess:
     def log_lines(self) -> list[dict[str, Any]]:
         out = []
         for line in self.output().splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):
-                value = orjson.loads(line)
+            with contextlib.suppress(msgspec.DecodeError):
+                value = msgspec.json.decode(line)
                 if isinstance(value, dict):
                     out.append(value)
         return out

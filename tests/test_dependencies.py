@@ -1,0 +1,73 @@
+"""Every package our code imports is declared in pyproject.toml (a transitive install that happens
+to be present today is not a dependency we can rely on), and nothing declared goes unused."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+OURS = {"consumer", "schemas", "topology", "tests", "bench"}
+# Declared for what they provide at run time rather than for an import of ours (none today).
+NOT_IMPORTED: set[str] = set()
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> tuple[set[str], set[str]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {_normalise(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in requirements}
+
+    return names(project["dependencies"]), names(project["optional-dependencies"]["test"])
+
+
+def _imported_distributions(*packages: str) -> dict[str, set[str]]:
+    """distribution -> the files that import it, for every third-party import under ``packages``."""
+    owners = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in sys.stdlib_module_names or top in OURS or top == "__future__":
+                        continue
+                    assert top in owners, f"{path.relative_to(ROOT)} imports {top}, which no installed package provides"
+                    for dist in owners[top]:
+                        found.setdefault(_normalise(dist), set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_package_the_service_imports_is_a_declared_dependency() -> None:
+    runtime, _ = _declared()
+    imported = _imported_distributions("consumer", "schemas", "topology")
+    undeclared = {dist: files for dist, files in imported.items() if dist not in runtime}
+    assert not undeclared, f"imported but not in [project.dependencies]: {undeclared}"
+
+
+def test_every_package_the_tests_import_is_declared() -> None:
+    runtime, test = _declared()
+    imported = _imported_distributions("tests", "bench")
+    undeclared = {dist: files for dist, files in imported.items() if dist not in runtime | test}
+    assert not undeclared, f"imported by tests/bench but not declared: {undeclared}"
+
+
+def test_every_declared_runtime_dependency_is_used() -> None:
+    runtime, _ = _declared()
+    imported = _imported_distributions("consumer", "schemas", "topology")
+    unused = runtime - set(imported) - NOT_IMPORTED
+    assert not unused, f"declared but never imported: {unused}"
