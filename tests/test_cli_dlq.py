@@ -193,7 +193,7 @@ async def test_dlq_errors_are_one_line(amqp_url: str, topology_spec: Topology) -
     missing = await run_cli("dlq", "list", env=cli_env(amqp_url, topology_spec))
     assert missing.code == 1 and topology_spec.dead_queue in one_line_error(missing)
     unreachable = await run_cli("dlq", "list", env=cli_env("amqp://guest:guest@127.0.0.1:1/", topology_spec))
-    assert unreachable.code == 1 and "cannot reach RabbitMQ" in one_line_error(unreachable)
+    assert unreachable.code == 3 and "cannot reach RabbitMQ" in one_line_error(unreachable)
 
 
 async def test_dlq_purge_asks_on_a_terminal(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -176,3 +177,25 @@ async def test_status_watch_refreshes_until_ctrl_c(
 async def test_status_without_a_topology_is_one_line_exit_1(amqp_url: str, topology_spec: Topology) -> None:
     ran = await run_cli("status", "--listen", "0.5", env=cli_env(amqp_url, topology_spec))
     assert ran.code == 1 and "Traceback" not in ran.err and "topology declare" in ran.err
+
+
+async def test_status_answers_at_once_from_recent_heartbeats(
+    amqp_url: str, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    # Heartbeats every minute: listening for the next one would take a minute. The heartbeats
+    # stream already holds the recent ones, so status needs no wait at all.
+    env = cli_env(amqp_url, topology_spec, DAGGER_ADAPTER_HEARTBEAT_INTERVAL_SECONDS="60")
+    await heartbeat(declared, "worker-early", 2, 4)
+    await heartbeat(declared, "worker-early", 1, 4)  # the latest wins
+    gone = WorkerHeartbeat(
+        worker_id="worker-gone", ready=True, current_load=0, capacity=4, at=datetime.now(UTC) - timedelta(hours=1)
+    )
+    await declared.status.publish(aio_pika.Message(encode(gone)), routing_key=declared.spec.heartbeat_routing_key)
+    as_json = await run_cli("status", "--json", env=env, timeout=10)
+    human = await run_cli("status", env=env, timeout=10)
+    assert as_json.code == 0, as_json.err
+    workers = {w["worker_id"]: w for w in as_json.json()["workers"]}
+    assert set(workers) == {"worker-early"}  # an hour-old beat is not a live worker
+    assert workers["worker-early"]["current_load"] == 1 and not workers["worker-early"]["stale"]
+    assert human.code == 0 and "worker-early" in human.out and "1/4" in human.out
+    assert "listening" not in human.err

@@ -163,7 +163,7 @@ async def test_bad_files_exit_2_with_one_line(
     assert await depth(amqp, topology_spec.tasks_queue) == 0
 
 
-async def test_broker_unreachable_or_refusing_credentials_is_one_line_exit_1(
+async def test_broker_unreachable_or_refusing_credentials_is_one_line_exit_3(
     amqp_url: str, topology_spec: Topology
 ) -> None:
     unreachable = await run_cli(
@@ -172,19 +172,19 @@ async def test_broker_unreachable_or_refusing_credentials_is_one_line_exit_1(
         env=cli_env("amqp://guest:guest@127.0.0.1:1/", topology_spec),
         stdin=YAML_COMMAND,
     )
-    assert unreachable.code == 1 and "cannot reach RabbitMQ" in one_line_error(unreachable)
+    assert unreachable.code == 3 and "cannot reach RabbitMQ" in one_line_error(unreachable)
 
     wrong = amqp_url.replace("guest:guest@", "guest:not-the-password@")
     assert wrong != amqp_url
     refused = await run_cli("submit", "-", env=cli_env(wrong, topology_spec), stdin=YAML_COMMAND)
     line = one_line_error(refused)
-    assert refused.code == 1 and "refused the credentials" in line
+    assert refused.code == 3 and "refused the credentials" in line
     assert "not-the-password" not in refused.err + refused.out
 
     no_vhost = await run_cli(
         "submit", "-", env=cli_env(amqp_url.rstrip("/") + "/no-such-vhost", topology_spec), stdin=YAML_COMMAND
     )
-    assert no_vhost.code == 1 and "virtual host" in one_line_error(no_vhost)
+    assert no_vhost.code == 3 and "virtual host" in one_line_error(no_vhost)
 
     # aio-pika would retry a malformed URL forever: refused at once, without echoing it.
     for url in ("guest:secret-pw@127.0.0.1:5672", "amqp://guest:secret-pw@127.0.0.1:notaport/"):
@@ -208,5 +208,5 @@ async def test_submit_wait_fails_at_once_when_the_connection_is_lost(
         await eventually(lambda: depth(amqp, topology_spec.tasks_queue), what="the command to be queued")
         await link.cut()
         ran = await asyncio.wait_for(waiting, WAIT)  # not the default --timeout of 600 s
-    assert ran.code == 1
+    assert ran.code == 3  # the broker was lost, not the task: distinct from a failed task's 1
     assert "lost the connection to RabbitMQ while waiting for the result of task from-yaml" in one_line_error(ran)

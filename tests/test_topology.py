@@ -43,7 +43,8 @@ def test_default_names_and_arguments() -> None:
         "dagger.dead": "fanout",
         "dagger.retry": "direct",
     }
-    tasks, dead, *retries = spec.queues
+    tasks, dead, *retries, heartbeats = spec.queues
+    assert heartbeats.queue_type == "stream" and heartbeats.bindings == (("dagger.status", "worker.heartbeat"),)
     assert tasks.name == "dagger.tasks" and tasks.bindings == (("dagger.tasks", "#"),)
     assert tasks.arguments == {
         "x-queue-type": "quorum",
@@ -79,6 +80,7 @@ async def test_queue_types_are_as_declared(
     assert types[topology_spec.tasks_queue] == "quorum"
     assert types[topology_spec.dead_queue] == "classic"
     assert all(types[t.queue] == "classic" for t in topology_spec.retry_tiers)
+    assert types[topology_spec.heartbeats_queue] == "stream"
 
 
 async def test_a_message_that_keeps_coming_back_is_dead_lettered_by_the_delivery_limit(

@@ -104,6 +104,8 @@ async def queue_depths(connection: AbstractConnection, spec: Topology) -> dict[s
     """Messages ready in each of our queues (passive declare; None where a queue is missing)."""
     depths: dict[str, int | None] = {}
     for q in spec.queues:
+        if q.queue_type == "stream":  # a log read from an offset: nothing in it is "ready" or waiting
+            continue
         channel: AbstractChannel = await connection.channel()
         try:
             queue = await channel.declare_queue(q.name, passive=True)

@@ -9,6 +9,9 @@ Everything is derived from a prefix (default ``dagger``):
 - ``<p>.status``  topic exchange, ``task.<state>`` and ``worker.heartbeat``.
 - ``<p>.dead``    fanout exchange and durable classic queue: the dead-letter queue. Classic, so
   that browsing it (get, then requeue) keeps the order and counts no delivery against a limit.
+- ``<p>.heartbeats`` stream bound to ``<p>.status`` with ``worker.heartbeat``: the last minutes of
+  heartbeats, so ``dagger-adapter status`` reads who is alive at once instead of waiting for the
+  next beat. Bounded by age and size (small segments, so that retention can drop old ones).
 - ``<p>.retry``   direct exchange; one classic queue per delay tier ``<p>.retry.<ms>ms`` whose
   message TTL dead-letters back into ``<p>.tasks``. A waiting retry lives in RabbitMQ, survives a
   worker crash and holds no consumer slot.
@@ -24,6 +27,7 @@ ExchangeKind = Literal["topic", "direct", "fanout"]
 
 RETRY_ROUTING_PREFIX = "retry"  # routing key of a retried command when it re-enters the tasks exchange
 HEARTBEAT_ROUTING_KEY = "worker.heartbeat"
+HEARTBEAT_HISTORY_MAX_AGE = "15m"  # x-max-age of the heartbeats stream
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class Topology:
     @property
     def dead_queue(self) -> str:
         return f"{self.prefix}.dead"
+
+    @property
+    def heartbeats_queue(self) -> str:
+        return f"{self.prefix}.heartbeats"
 
     @property
     def retry_exchange(self) -> str:
@@ -172,4 +180,15 @@ class Topology:
             )
             for tier in self.retry_tiers
         )
-        return (tasks, dead, *retries)
+        heartbeats = QueueSpec(
+            self.heartbeats_queue,
+            {
+                "x-queue-type": "stream",
+                "x-max-age": HEARTBEAT_HISTORY_MAX_AGE,
+                "x-max-length-bytes": 64 * 1024 * 1024,
+                "x-stream-max-segment-size-bytes": 1024 * 1024,
+            },
+            ((self.status_exchange, HEARTBEAT_ROUTING_KEY),),
+            "recent worker heartbeats (a stream, read from a point in time by `status`)",
+        )
+        return (tasks, dead, *retries, heartbeats)

@@ -18,6 +18,7 @@ from consumer.cli import (
     worker_cmd,
 )
 from consumer.cli.common import EXIT_USAGE, CliError, fail
+from consumer.version import package_version, sdk_version
 
 VERBS = (worker_cmd, submit_cmd, results_cmd, status_cmd, dlq_cmd, run_cmd, health_cmd, topology_cmd, schema_cmd)
 
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config", metavar="FILE", help="TOML configuration file (environment DAGGER_ADAPTER_* overrides it)"
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()} (dagger-io {sdk_version()})",
     )
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for verb in VERBS:

@@ -10,9 +10,9 @@ from typing import Any
 
 import aiormq
 
-from consumer.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError
+from consumer.cli.common import EXIT_BROKER, EXIT_FAILURE, EXIT_USAGE, CliError
 from consumer.cli.connect import connect
-from consumer.client import ClientError, ExecutionClient
+from consumer.client import ClientError, ConnectionLost, ExecutionClient
 from consumer.client.command_file import CommandFileError
 from consumer.config import DaggerAdapterConfig, topology_for
 from schemas import InvalidMessage
@@ -24,12 +24,14 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return asyncio.run(main())
     except (CommandFileError, InvalidMessage) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    except ConnectionLost as exc:
+        raise CliError(str(exc), EXIT_BROKER) from None
     except ClientError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
     except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
-        raise CliError(f"lost the connection to RabbitMQ: {exc or type(exc).__name__}") from None
+        raise CliError(f"lost the connection to RabbitMQ: {exc or type(exc).__name__}", EXIT_BROKER) from None
     except aiormq.exceptions.ChannelInvalidStateError:  # a RuntimeError: a channel closed under us
-        raise CliError("lost the connection to RabbitMQ") from None
+        raise CliError("lost the connection to RabbitMQ", EXIT_BROKER) from None
 
 
 @contextlib.asynccontextmanager

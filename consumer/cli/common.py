@@ -9,9 +9,10 @@ from typing import NoReturn
 from consumer.config import ConfigError, DaggerAdapterConfig, load_config
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_TIMEOUT = 124
+EXIT_FAILURE = 1  # the task (or the check) failed
+EXIT_USAGE = 2  # wrong arguments, file or configuration
+EXIT_BROKER = 3  # RabbitMQ could not be reached, refused us, or the connection was lost
+EXIT_TIMEOUT = 124  # like timeout(1): no answer in time
 
 
 class CliError(Exception):

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractRobustConnection
 
 from consumer.broker import BrokerUnavailable, connect_broker
-from consumer.cli.common import EXIT_USAGE, CliError
+from consumer.cli.common import EXIT_BROKER, EXIT_USAGE, CliError
 from consumer.config import check_amqp_url
 
 
@@ -29,7 +29,7 @@ async def connect(url: str, timeout: float = 10.0) -> AsyncIterator[AbstractRobu
     try:
         connection = await connect_broker(url, timeout=timeout)
     except BrokerUnavailable as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), EXIT_BROKER) from None
     try:
         yield connection
     finally:

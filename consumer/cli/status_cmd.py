@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
@@ -19,6 +19,7 @@ from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.common import EXIT_OK, config_from
 from consumer.cli.console import ago, notice, print_json, stdout_console
 from consumer.client import Subscription
+from consumer.client.heartbeats import recent_heartbeats
 from schemas import StatusEvent, WorkerHeartbeat
 from topology import Topology, queue_depths
 
@@ -30,9 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "status",
         help="live workers and queue depths",
         description=(
-            "Workers are known from their heartbeats, so status listens for one heartbeat interval "
-            "(configuration heartbeat_interval_seconds, plus 1 s; or --listen S) and then prints every "
-            "worker it heard and the depth of each queue. --watch keeps listening and refreshes."
+            "Workers are known from their heartbeats. status reads the recent ones at once from the "
+            "heartbeats stream (the last 3 heartbeat intervals) and prints every worker and the depth of "
+            "each queue; --listen S also listens for S seconds first. Without the stream (a topology "
+            "declared by an older version) it listens for one heartbeat interval instead. "
+            "--watch keeps listening and refreshes."
         ),
     )
     parser.add_argument("-w", "--watch", action="store_true", help="refresh until Ctrl-C")
@@ -57,10 +60,15 @@ class Workers:
         self.stale_after = heartbeat_interval * STALE_AFTER_INTERVALS
         self.seen: dict[str, SeenWorker] = {}
 
+    def remember(self, beat: WorkerHeartbeat, seen_at: datetime) -> None:
+        known = self.seen.get(beat.worker_id)
+        if known is None or seen_at >= known.last_seen:
+            self.seen[beat.worker_id] = SeenWorker(beat, seen_at)
+
     async def listen(self, events: Subscription[StatusEvent | WorkerHeartbeat]) -> None:
         async for event in events:
             if isinstance(event, WorkerHeartbeat):
-                self.seen[event.worker_id] = SeenWorker(event, datetime.now(UTC))
+                self.remember(event, datetime.now(UTC))
 
     def is_stale(self, worker: SeenWorker, now: datetime) -> bool:
         return (now - worker.last_seen).total_seconds() > self.stale_after
@@ -84,19 +92,28 @@ class Workers:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from(args)
-    listen = args.listen or config.heartbeat_interval_seconds + 1.0
 
     async def go() -> int:
         async with client_for(config) as client:
             workers = Workers(config.heartbeat_interval_seconds)
-            async with client.status(tasks=False) as events:
+            async with client.status(tasks=False) as events:  # live from here on: no gap with the history
                 listener = asyncio.create_task(workers.listen(events))
                 try:
-                    notice(f"listening for worker heartbeats on {events.exchange} ({listen:g} s)")
+                    since = datetime.now(UTC) - timedelta(seconds=workers.stale_after)
+                    recent = await recent_heartbeats(client.connection, client.topology, since)
+                    for beat in (recent or {}).values():
+                        workers.remember(beat, beat.at)
+                    listen = args.listen
+                    if recent is None and listen is None:
+                        listen = config.heartbeat_interval_seconds + 1.0  # the next beat is all we can hear
+                        notice(f"no heartbeats stream {client.topology.heartbeats_queue!r} (run `topology declare`)")
                     if args.watch:
+                        notice(f"listening for worker heartbeats on {events.exchange}")
                         await watch(client.connection, client.topology, workers, args)
                     else:
-                        await asyncio.sleep(listen)  # how long a heartbeat can take to come: the point of status
+                        if listen:
+                            notice(f"listening for worker heartbeats on {events.exchange} ({listen:g} s)")
+                            await asyncio.sleep(listen)
                         await show(client.connection, client.topology, workers, args.json)
                 finally:
                     listener.cancel()

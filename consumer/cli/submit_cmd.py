@@ -12,7 +12,7 @@ import msgspec
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.command_args import add_command_arguments, command_from
-from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, config_from
+from consumer.cli.common import EXIT_BROKER, EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, config_from
 from consumer.cli.console import TaskSpinner, notice, print_json, seconds_text, stdout_console
 from consumer.client import ConnectionLost, ExecutionClient
 from schemas import ExecutionCommand, ExecutionResult, StatusEvent
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Publish one execution command to the tasks exchange (publisher confirms; an unroutable "
             "command is an error). Without --wait, prints the task id. With --wait, waits for the result "
             "and exits 0 if it succeeded, 1 if it failed, 124 if none came within --timeout; "
-            "2 means the file or the arguments are wrong."
+            "2 means the file or the arguments are wrong, 3 that RabbitMQ could not be reached (or was lost)."
         ),
     )
     add_command_arguments(parser)
@@ -81,7 +81,7 @@ async def submit_and_show(client: ExecutionClient, command: ExecutionCommand, ti
             raise CliError(
                 f"lost the connection to RabbitMQ while waiting for the result of task {command.task_id} "
                 "(it may still run)",
-                EXIT_FAILURE,
+                EXIT_BROKER,
             ) from None
         finally:
             watcher.cancel()
