@@ -231,7 +231,6 @@ class Worker:
             # No engine yet: wait for one instead of spending every command's attempts (and the
             # breaker's threshold) on it. The pause registers itself before its first await, so
             # the sleep(0) is enough for _start_consuming below to see it.
-            log.warning("Dagger engine not reachable at start-up: not consuming until a probe reaches it")
             start_up_pause.append(
                 asyncio.create_task(
                     self._pause_until("engine", self.adapter.probe, self.config.breaker_reset_seconds),
@@ -239,19 +238,21 @@ class Worker:
                 )
             )
             await asyncio.sleep(0)
-        await self._start_consuming()
+        consuming = await self._start_consuming()
         # After consuming has started, so that the first heartbeat already says ready.
         self._background = [
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
             asyncio.create_task(self._follow_circuit(), name="circuit-follower"),
             *start_up_pause,
         ]
+        # Say what is true: a worker paused at start-up (no engine yet) has not started consuming.
         log.info(
-            "worker consuming",
+            "worker consuming" if consuming else "worker started, not consuming yet",
             extra={
                 "queue": self.spec.tasks_queue,
                 "prefetch": self.capacity,
                 "amqp_url": redact_url(self.config.amqp_url),
+                "waiting_for": sorted(self._paused_for),
             },
         )
 
@@ -307,12 +308,15 @@ class Worker:
 
     # ================================================================ consuming on and off
 
-    async def _start_consuming(self) -> None:
+    async def _start_consuming(self) -> bool:
+        """Start the consumer unless something keeps the worker paused; True when it is consuming."""
         async with self._consume_lock:
             if self._consumer_tag is None and not self._paused_for and not self._stopping and self._queue is not None:
                 self._consumer_tag = await self._queue.consume(self._on_message)
+            return self._consumer_tag is not None
 
-    async def _stop_consuming(self) -> None:
+    async def _stop_consuming(self) -> bool:
+        """Cancel the consumer; True when there was one to cancel."""
         async with self._consume_lock:
             tag, self._consumer_tag = self._consumer_tag, None
             if tag is not None and self._queue is not None:
@@ -320,6 +324,7 @@ class Worker:
                     await self._queue.cancel(tag)
                 except BROKER_ERRORS as exc:  # gone with the channel; robust restore skips it now
                     log.info("consumer cancel did not reach the broker: %s", exc)
+            return tag is not None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # A task of our own, not aiormq's: aiormq cancels its tasks when the channel closes, and an
@@ -337,8 +342,10 @@ class Worker:
         if reason in self._paused_for:
             return
         self._paused_for.add(reason)
-        await self._stop_consuming()
-        log.warning("%s unavailable: stopped consuming until it is back", reason)
+        if await self._stop_consuming():
+            log.warning("%s unavailable: stopped consuming until it is back", reason)
+        else:
+            log.warning("%s unavailable: not consuming until it is back", reason)
         try:
             while not self._stop_requested.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -358,7 +365,8 @@ class Worker:
             retry=retry_if_exception_type(BROKER_ERRORS), wait=wait_exponential(multiplier=0.2, max=5), reraise=True
         ):
             with attempt:
-                await self._start_consuming()
+                if await self._start_consuming():
+                    log.info("worker consuming", extra={"queue": self.spec.tasks_queue, "prefetch": self.capacity})
 
     def _on_circuit_change(self, state: str) -> None:
         log.info("engine circuit %s", state)

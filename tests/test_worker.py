@@ -480,6 +480,7 @@ async def test_a_worker_started_without_an_engine_waits_for_it_before_consuming(
     topology_spec: Topology,
     dagger_engine: TestEngine,
     amqp: AbstractRobustConnection,
+    worker_log: Callable[[], list[dict[str, Any]]],
 ) -> None:
     dagger_engine.refuse()
     worker = await start_worker(wait_ready=False, breaker_reset_seconds=0.5, engine_connect_timeout_seconds=2)
@@ -497,6 +498,10 @@ async def test_a_worker_started_without_an_engine_waits_for_it_before_consuming(
     await settle(observer, worker)
     assert sorted(r.task_id for r in observer.results) == sorted(ids)
     assert all(r.success and r.attempts == 1 for r in observer.results)
+    # The log tells the story as it happened: never consuming-then-stopped in one breath.
+    said = [line["msg"] for line in worker_log() if "consuming" in line["msg"]]
+    assert said[:2] == ["engine unavailable: not consuming until it is back", "worker started, not consuming yet"]
+    assert said[2:] == ["worker consuming"]  # once, when the engine came
 
 
 def _probe(health_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
