@@ -16,6 +16,15 @@ ERROR = "x-error"
 TASK_ID = "x-task-id"
 DEAD_LETTERED_AT = "x-dead-lettered-at"
 WORKER_ID = "x-worker-id"
+# DeadLetterHeaders' fields under their header names (the AsyncAPI header schema is generated from it).
+DEAD_LETTER_HEADER_OF = {
+    "error_category": ERROR_CATEGORY,
+    "error": ERROR,
+    "attempts": ATTEMPTS,
+    "task_id": TASK_ID,
+    "dead_lettered_at": DEAD_LETTERED_AT,
+    "worker_id": WORKER_ID,
+}
 # How a message that RabbitMQ dead-lettered on its own (delivery limit) is told apart.
 DELIVERY_LIMIT = "delivery_limit"
 

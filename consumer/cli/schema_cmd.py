@@ -38,7 +38,8 @@ def run_export(args: argparse.Namespace) -> int:
         path = out / f"{name}.schema.json"
         path.write_bytes(_pretty(schema))
         written.append(path)
-    doc = asyncapi_document(topology_for(config_from(args)), package_version())
+    config = config_from(args)
+    doc = asyncapi_document(topology_for(config), package_version(), config.amqp_url)
     path = out / "asyncapi.json"
     path.write_bytes(_pretty(doc))
     written.append(path)
