@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -60,3 +62,21 @@ def test_passwords_in_urls_never_reach_a_line(captured: io.StringIO) -> None:
     assert first["msg"] == "cannot reach amqp://guest:***@rabbit:5672/"
     assert first["url"] == "redis://:***@valkey:6379/0"
     assert "amqp://admin:***@host/" in str(second["exc"])
+
+
+def test_every_logger_of_ours_is_named_dagger_adapter() -> None:
+    """One prefix to filter or raise the level of everything we log (`dagger_adapter.*`), however a
+    module is imported: no `__name__` loggers (those would be `consumer.*`)."""
+    ours = []
+    root = Path(__file__).parent.parent / "consumer"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                call = node.value
+                if getattr(call.func, "attr", None) == "getLogger" and [
+                    getattr(t, "id", None) for t in node.targets
+                ] == ["log"]:
+                    (arg,) = call.args
+                    assert isinstance(arg, ast.Constant), f"{path}: module logger not named by a literal"
+                    ours.append(arg.value)
+    assert len(ours) >= 10 and all(name.startswith("dagger_adapter.") for name in ours), ours
