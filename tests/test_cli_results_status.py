@@ -199,3 +199,15 @@ async def test_status_answers_at_once_from_recent_heartbeats(
     assert workers["worker-early"]["current_load"] == 1 and not workers["worker-early"]["stale"]
     assert human.code == 0 and "worker-early" in human.out and "1/4" in human.out
     assert "listening" not in human.err
+
+
+async def test_status_tables_are_not_cut_when_piped(
+    amqp_url: str, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    long_id = "worker-" + "x" * 180 + "-end"
+    await heartbeat(declared, long_id, 1, 4)
+    env = {k: v for k, v in cli_env(amqp_url, topology_spec).items() if k != "COLUMNS"}
+    ran = await run_cli("status", env=env, timeout=10)
+    assert ran.code == 0, ran.err
+    (row,) = [line for line in ran.out.splitlines() if long_id in line]  # the whole id, on one line
+    assert "1/4" in row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -11,16 +12,24 @@ import msgspec
 from rich.console import Console
 from rich.status import Status
 
-# Off a terminal (pipes, CI logs, tests) rich would assume 80 columns and cut ids short.
-_WIDE = 200
+# Off a terminal (pipes, CI logs, tests) rich would assume 80 columns and cut ids short: there, a
+# row stays on one line however long (COLUMNS, when set, still decides).
+_UNBOUNDED = 100_000
+
+
+def _width(stream: Any) -> int | None:
+    if stream.isatty():
+        return None  # the terminal's
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else _UNBOUNDED
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, width=None if sys.stdout.isatty() else _WIDE)
+    return Console(highlight=False, width=_width(sys.stdout))
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _WIDE)
+    return Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 class TaskSpinner:
