@@ -211,3 +211,24 @@ async def test_status_tables_are_not_cut_when_piped(
     assert ran.code == 0, ran.err
     (row,) = [line for line in ran.out.splitlines() if long_id in line]  # the whole id, on one line
     assert "1/4" in row
+
+
+async def test_status_without_the_heartbeats_stream_listens_for_an_interval_instead(
+    amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    # A topology declared by an older version has no heartbeats stream: status still works, the old way.
+    channel = await amqp.channel()
+    await channel.queue_delete(topology_spec.heartbeats_queue)
+    await channel.close()
+    env = cli_env(amqp_url, topology_spec, DAGGER_ADAPTER_HEARTBEAT_INTERVAL_SECONDS="1")
+    running = await Running.start("status", "--json", env=env)
+    try:
+        told = await running.stderr_line("no heartbeats stream")
+        await running.stderr_line("listening for worker heartbeats")
+        await heartbeat(declared, "worker-live", 0, 2)
+        ran = await running.finish()
+    finally:
+        running.kill()
+    assert ran.code == 0, ran.err
+    assert topology_spec.heartbeats_queue in told
+    assert [w["worker_id"] for w in ran.json()["workers"]] == ["worker-live"]
