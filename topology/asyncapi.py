@@ -126,40 +126,32 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
     types, outcomes, states = _values(ExecutionType), _values(Outcome), _values(TaskState)
     task_id_header = {h.TASK_ID: {"type": "string", "description": "the task id (also in the body)"}}
 
+    def channel(
+        address: str | None, title: str, messages: list[str], description: str, amqp: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "address": address,
+            "title": title,
+            "description": description,
+            "messages": {m: _ref("messages", m) for m in messages},
+            "bindings": {"amqp": {**amqp, "bindingVersion": AMQP_BINDING_VERSION}},
+        }
+
     def exchange_channel(
         address: str, exchange: str, kind: str, messages: list[str], description: str, **parameters: Any
     ) -> dict[str, Any]:
-        channel: dict[str, Any] = {
-            "address": address,
-            "title": exchange,
-            "description": description,
-            "messages": {m: _ref("messages", m) for m in messages},
-            "bindings": {
-                "amqp": {
-                    "is": "routingKey",
-                    "exchange": {"name": exchange, "type": kind, "durable": True, "autoDelete": False},
-                    "bindingVersion": AMQP_BINDING_VERSION,
-                }
-            },
+        binding = {
+            "is": "routingKey",
+            "exchange": {"name": exchange, "type": kind, "durable": True, "autoDelete": False},
         }
+        out = channel(address, exchange, messages, description, binding)
         if parameters:
-            channel["parameters"] = parameters
-        return channel
+            out["parameters"] = parameters
+        return out
 
     def queue_channel(queue: str, messages: list[str], description: str) -> dict[str, Any]:
-        return {
-            "address": queue,
-            "title": queue,
-            "description": description,
-            "messages": {m: _ref("messages", m) for m in messages},
-            "bindings": {
-                "amqp": {
-                    "is": "queue",
-                    "queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": False},
-                    "bindingVersion": AMQP_BINDING_VERSION,
-                }
-            },
-        }
+        binding = {"is": "queue", "queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": False}}
+        return channel(queue, queue, messages, description, binding)
 
     channels = {
         "tasks": exchange_channel(
@@ -172,21 +164,15 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
             "retry.<tier> after waiting in a retry queue; operators' replays of dead letters come here too.",
             execution_type={"enum": types, "description": "the command's execution_type"},
         ),
-        "reply": {
-            "address": None,
-            "title": "reply queue",
-            "description": "The queue a command names in reply_to (e.g. an exclusive queue of the caller): the "
-            "worker sends the result there too, through the default exchange, with the AMQP correlation_id "
-            "property set to the command's correlation_id (else its task id).",
-            "messages": {"ExecutionResult": _ref("messages", "ExecutionResult")},
-            "bindings": {
-                "amqp": {
-                    "is": "queue",
-                    "queue": {"name": "reply_to", "exclusive": True, "autoDelete": True, "durable": False},
-                    "bindingVersion": AMQP_BINDING_VERSION,
-                }
-            },
-        },
+        "reply": channel(
+            None,
+            "reply queue",
+            ["ExecutionResult"],
+            "The queue a command names in reply_to (e.g. an exclusive queue of the caller): the worker sends the "
+            "result there too, through the default exchange, with the AMQP correlation_id property set to the "
+            "command's correlation_id (else its task id).",
+            {"is": "queue", "queue": {"name": "reply_to", "exclusive": True, "autoDelete": True, "durable": False}},
+        ),
         "results": exchange_channel(
             "{execution_type}.{outcome}",
             spec.results_exchange,
