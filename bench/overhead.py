@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import shutil
 import signal
 import subprocess
@@ -190,7 +191,9 @@ class Driver:
         return Run(name, len(commands), time.monotonic() - started, latencies, consumer.cpu_seconds() - cpu)
 
     async def worker_ready(self) -> None:
-        await self.observed.wait(lambda: any(ready for _, ready in self.observed.worker_beats), "the worker to be ready")
+        await self.observed.wait(
+            lambda: any(ready for _, ready in self.observed.worker_beats), "the worker to be ready"
+        )
 
 
 def commands(prefix: str, n: int, pipeline: list[dict[str, Any]], *, tag: str) -> list[ExecutionCommand]:
@@ -344,7 +347,7 @@ def _py_spy() -> str:
 
 
 def _gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def _late_p99(gaps: list[float], interval: float) -> float:
