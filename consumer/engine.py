@@ -231,11 +231,10 @@ def _http_pool(max_connections: int) -> Iterator[None]:
     original = sdk_session.TelemetryTransport
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
 
-    class SizedTransport(original):  # type: ignore[misc, valid-type]
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(limits=limits, **kwargs)
+    def sized(**kwargs: Any) -> httpx.AsyncHTTPTransport:
+        return original(limits=limits, **kwargs)
 
-    sdk_session.TelemetryTransport = SizedTransport  # type: ignore[misc]
+    sdk_session.TelemetryTransport = sized  # type: ignore[assignment, misc]
     try:
         yield
     finally:
