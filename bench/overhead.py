@@ -167,7 +167,13 @@ class Driver:
         cpu = consumer.cpu_seconds()
         started = time.monotonic()
         sent = await self.publish(commands)
-        await self.observed.wait(lambda: self.observed.have_results(ids), f"{name}: {len(ids)} results")
+        try:
+            await self.observed.wait(lambda: self.observed.have_results(ids), f"{name}: {len(ids)} results")
+        except TimeoutError:
+            arrived = sum(1 for i in ids if i in self.observed.results)
+            raise TimeoutError(
+                f"{name}: {arrived} of {len(ids)} results within {SCENARIO_TIMEOUT_SECONDS:g} s"
+            ) from None
         last = max(self.observed.results[i][0] for i in ids)
         run = Run(
             name,
