@@ -270,10 +270,16 @@ class Bench:
         engine = EngineProcess(exec_delay)
         try:
             async with Driver(self.amqp, topology_for(config)).running() as driver:
-                worker = WorkerProcess(self.settings(prefix, **settings), engine, self.work_dir / f"{name}.log")
+                log = self.work_dir / f"{name}.log"
+                worker = WorkerProcess(self.settings(prefix, **settings), engine, log)
                 try:
                     await driver.worker_ready()
                     yield driver, worker, engine
+                except BaseException:
+                    kept = Path(tempfile.gettempdir()) / f"bench-{name}-worker.log"
+                    shutil.copyfile(log, kept)
+                    self.report(f"{name}: the worker's log is in {kept}")
+                    raise
                 finally:
                     worker.stop()
                     with contextlib.suppress(Exception):
