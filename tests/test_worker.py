@@ -545,9 +545,9 @@ async def test_the_health_file_answers_liveness_and_readiness_probes(
     os.utime(health_file, (stale, stale))  # as if the worker had hung a minute ago
     dead = await asyncio.to_thread(_probe, health_file)
     assert dead.returncode == 1
-    # 60 s old, plus however long the probe took to start on a busy machine (rounded).
+    # The file's age when the probe reads it: 60 s, plus however long the probe took to start.
     assert re.fullmatch(
-        rf"dagger-adapter: error: worker {re.escape(worker.worker_id)}: no heartbeat for 6[0-2] s \(at most 0.9 s\)",
+        rf"dagger-adapter: error: worker {worker.worker_id}: no heartbeat for 6\d s \(at most 0\.9 s\)",
         dead.stderr.strip(),
     ), dead.stderr
 
