@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from schemas import RegistryCredentials
-from topology import Topology
+from topology.spec import Topology
 
 ENV_PREFIX = "DAGGER_ADAPTER_"
 

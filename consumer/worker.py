@@ -48,6 +48,20 @@ from valkey.exceptions import ValkeyError
 
 from consumer.broker import BrokerUnavailable, connect_broker
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
+from consumer.decisions import (
+    PUT_BACK_DELAY_SECONDS,
+    Disposition,
+    Finish,
+    LedgerAnswer,
+    Postpone,
+    PutBack,
+    Retry,
+    after_attempt,
+    answer_from_ledger,
+    leased_elsewhere,
+    open_circuit,
+    replaced_by_replay,
+)
 from consumer.health import write_health_file
 from consumer.ledger import Ledger, StoredOutcome
 from consumer.logs import task_context, worker_id_var
@@ -67,7 +81,7 @@ from schemas import (
     utcnow,
 )
 from schemas import headers as h
-from topology import DeclaredTopology, declare
+from topology.declaring import DeclaredTopology, declare
 from topology.spec import RETRY_ROUTING_PREFIX
 
 if TYPE_CHECKING:
@@ -81,11 +95,7 @@ PUBLISH_PATIENCE_SECONDS = 60.0
 STATUS_PATIENCE_SECONDS = 10.0
 # After the drain timeout, how long cancelled executions get to requeue their commands.
 SETTLE_GRACE_SECONDS = 10.0
-# A command we could not handle (Valkey down, a defect) waits this long before it is looked at again.
-REQUEUE_DELAY_SECONDS = 1.0
 VALKEY_PROBE_SECONDS = 1.0
-# The shortest wait before a postponed command (task leased elsewhere, circuit open) is looked at again.
-MIN_POSTPONE_SECONDS = 0.2
 
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
@@ -444,49 +454,78 @@ class Worker:
             # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
             # delivery limit dead-letters a command that keeps failing this way.
             log.exception("could not handle a command; requeueing it")
-            await asyncio.sleep(REQUEUE_DELAY_SECONDS)
+            await asyncio.sleep(PUT_BACK_DELAY_SECONDS)
             await self._settle(delivery, requeue=True)
 
     async def _put_back(self, delivery: Delivery, why: str) -> None:
-        """The command goes back to the queue as the same attempt, through a retry tier: a requeue
-        would count a delivery, and the delivery limit would dead-letter a command that was only
-        interrupted (Valkey down, a drain, rolling restarts)."""
-        try:
-            await self._send_to_retry(delivery, REQUEUE_DELAY_SECONDS, attempts=delivery.attempts_before)
-            log.info("command put back: %s", why)
-            await self._settle(delivery)
-        except Exception as exc:
-            log.warning("could not put the command back (%s); requeueing it", exc)
-            await asyncio.sleep(REQUEUE_DELAY_SECONDS)
-            await self._settle(delivery, requeue=True)
+        await self._carry_out(delivery, None, PutBack(why))
 
     async def _process(self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool) -> None:
         await self._status(command, TaskState.RECEIVED, delivery.attempt)
         if await self._answer_from_ledger(delivery, command, leased=False):
             return
         if self._stopping:
-            await self._put_back(delivery, "the worker is stopping")
+            await self._carry_out(delivery, command, PutBack("the worker is stopping"))
             return
         async with self._slots:
             if self._stopping:
-                await self._put_back(delivery, "the worker is stopping")
+                await self._carry_out(delivery, command, PutBack("the worker is stopping"))
                 return
-            lease = await self._require_ledger().try_lease(command.task_id, self.worker_id)
+            ledger = self._require_ledger()
+            lease = await ledger.try_lease(command.task_id, self.worker_id)
             if lease is None:
-                await self._postpone_leased(delivery, command)
+                log.info("task is running elsewhere", extra={"holder": await ledger.lease_holder(command.task_id)})
+                await self._carry_out(
+                    delivery, command, leased_elsewhere(await ledger.lease_remaining(command.task_id))
+                )
                 return
             async with lease:
                 # Finished by someone else between our first look and our lease?
                 if await self._answer_from_ledger(delivery, command, leased=True):
                     return
                 if self.adapter.circuit_state == "open":
-                    await self._postpone_open_circuit(delivery, command)
+                    await self._carry_out(delivery, command, open_circuit(self.config.breaker_reset_seconds))
                     return
                 result = await self._execute(command, delivery)
                 if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
-                    await self._put_back(delivery, "cancelled by the drain timeout")
+                    await self._carry_out(delivery, command, PutBack("cancelled by the drain timeout"))
                     return
-                await self._route(delivery, command, result, enable_retry=enable_retry)
+                disposition = after_attempt(
+                    result,
+                    attempt=delivery.attempt,
+                    policy=self.adapter.retry_policy,
+                    enable_retry=enable_retry,
+                    breaker_reset_seconds=self.config.breaker_reset_seconds,
+                )
+                await self._carry_out(delivery, command, disposition)
+
+    async def _carry_out(self, delivery: Delivery, command: ExecutionCommand | None, disposition: Disposition) -> None:
+        """The AMQP side of a decision (``consumer.decisions``); the message is settled last."""
+        match disposition:
+            case Finish(result=result):
+                assert command is not None
+                await self._finish(delivery, command, result)
+            case Retry(delay_seconds=delay, attempts=attempts, detail=detail):
+                assert command is not None
+                await self._send_to_retry(delivery, delay, attempts=attempts)
+                await self._status(command, TaskState.RETRYING, delivery.attempt, detail=detail)
+                log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": detail})
+                await self._settle(delivery)
+            case Postpone(delay_seconds=delay, why=why, status_detail=status_detail):
+                await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                if status_detail is not None and command is not None:
+                    await self._status(command, TaskState.RETRYING, delivery.attempt, detail=status_detail)
+                log.info("postponed: %s", why, extra={"delay_s": round(delay, 3)})
+                await self._settle(delivery)
+            case PutBack(why=why, delay_seconds=delay):
+                try:
+                    await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                    log.info("command put back: %s", why)
+                    await self._settle(delivery)
+                except Exception as exc:
+                    log.warning("could not put the command back (%s); requeueing it", exc)
+                    await asyncio.sleep(delay)
+                    await self._settle(delivery, requeue=True)
 
     async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
         """One attempt through the adapter, with ``heartbeat`` status events while it runs.
@@ -528,26 +567,6 @@ class Worker:
             await asyncio.sleep(self.config.heartbeat_interval_seconds)
             await self._status(command, TaskState.HEARTBEAT, attempt)
 
-    async def _route(
-        self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult, *, enable_retry: bool
-    ) -> None:
-        if result.success:
-            await self._finish(delivery, command, result)
-            return
-        if _failed_fast_on_open_circuit(result):
-            # The engine was never tried: not an attempt.
-            await self._postpone_open_circuit(delivery, command)
-            return
-        policy = self.adapter.retry_policy
-        if policy.should_retry(result.error_category, delivery.attempt, enabled=enable_retry):
-            await self._retry(delivery, command, result)
-            return
-        if enable_retry and policy.is_retryable(result.error_category):
-            result = msgspec.structs.replace(
-                result, error=f"{result.error} (gave up after {delivery.attempt} attempts)"
-            )
-        await self._finish(delivery, command, result)
-
     # ================================================================ outcomes
 
     async def _finish(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
@@ -556,7 +575,7 @@ class Worker:
         outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
         ledger = self._require_ledger()
         earlier = await ledger.outcome(command.task_id)
-        if earlier is not None and not _replaced_by(earlier, delivery):
+        if earlier is not None and not replaced_by_replay(earlier, delivery.replay_id):
             # Another worker finished this task while we ran it: our lease lapsed (a stall longer
             # than the lease) and it took the task over. The first outcome stands; publishing ours
             # too would give the task two results.
@@ -598,17 +617,14 @@ class Worker:
         An outcome recorded but not yet published for this very message is finished only under
         the task's lease: without it, the handler that recorded it may still be publishing."""
         stored = await self._require_ledger().outcome(command.task_id)
-        if stored is None:
+        answer = answer_from_ledger(stored, message_id=delivery.message_id, replay_id=delivery.replay_id, leased=leased)
+        if answer is LedgerAnswer.RUN or stored is None:
+            if stored is not None and replaced_by_replay(stored, delivery.replay_id):
+                log.info("replay of a failed task: running it again")
             return False
-        if _replaced_by(stored, delivery):
-            log.info("replay of a failed task: running it again")
-            return False
-        same_message = delivery.message_id is not None and delivery.message_id == stored.message_id
-        if same_message and stored.published:
+        if answer is LedgerAnswer.ACK:
             log.info("redelivered command whose outcome was already published; acking it")
-        elif same_message:
-            if not leased:
-                return False
+        elif answer is LedgerAnswer.PUBLISH_RECORDED:
             log.info("outcome recorded but not published (worker died or lost the broker); publishing it")
             await self._publish_outcome(delivery, command, stored)
             await self._require_ledger().mark_published(stored)
@@ -666,35 +682,6 @@ class Worker:
         await self._settle(delivery)
 
     # ================================================================ retries and postponing
-
-    async def _retry(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
-        delay = self.adapter.retry_policy.delay_for(delivery.attempt)
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempt)
-        await self._status(
-            command,
-            TaskState.RETRYING,
-            delivery.attempt,
-            detail=f"{result.error_category.value if result.error_category else 'failed'}: {result.error}; "
-            f"retry {delivery.attempt} of {self.adapter.retry_policy.max_retries} in {delay:.1f} s",
-        )
-        log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": result.error})
-        await self._settle(delivery)
-
-    async def _postpone_leased(self, delivery: Delivery, command: ExecutionCommand) -> None:
-        """The task runs on a worker holding its lease: look again when that lease could have run out."""
-        ledger = self._require_ledger()
-        delay = max(MIN_POSTPONE_SECONDS, await ledger.lease_remaining(command.task_id))
-        log.info("task is running elsewhere; postponed", extra={"holder": await ledger.lease_holder(command.task_id)})
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
-        await self._settle(delivery)
-
-    async def _postpone_open_circuit(self, delivery: Delivery, command: ExecutionCommand) -> None:
-        delay = max(MIN_POSTPONE_SECONDS, self.config.breaker_reset_seconds)
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
-        await self._status(
-            command, TaskState.RETRYING, delivery.attempt, detail="engine unavailable (circuit open); not an attempt"
-        )
-        await self._settle(delivery)
 
     async def _send_to_retry(self, delivery: Delivery, delay: float, *, attempts: int) -> None:
         """Back to the tasks queue after ``delay`` seconds, through the smallest retry tier that
@@ -857,22 +844,6 @@ def _log_progress(step: str, state: str, detail: str | None) -> None:
 def _is_being_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _replaced_by(stored: StoredOutcome, delivery: Delivery) -> bool:
-    """A stored failure gives way to a replay of its task (a new ``x-replay-id``)."""
-    return not stored.result.success and delivery.replay_id is not None and delivery.replay_id != stored.replay_id
-
-
-def _failed_fast_on_open_circuit(result: ExecutionResult) -> bool:
-    """The adapter refused to call the engine because its circuit is open."""
-    if result.error_category != ErrorCategory.TRANSIENT:
-        return False
-    detail = result.result
-    if isinstance(detail, dict) and detail.get("circuit") == "open":
-        return True
-    error = result.error or ""
-    return "circuit: open" in error or "circuit breaker is open" in error
 
 
 def _text_field(fields: dict[str, Any], name: str) -> str | None:

@@ -9,7 +9,8 @@ import json
 from consumer.cli.common import CliError, config_from
 from consumer.cli.connect import connect
 from consumer.config import topology_for
-from topology import Topology, TopologyConflict, declare
+from topology import Topology
+from topology.declaring import TopologyConflict, declare
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
