@@ -206,3 +206,44 @@ async def test_a_broker_restart_loses_no_command_and_consuming_resumes(
         broker_back.set()
         worker.request_stop()
         await asyncio.wait_for(running, 60)
+
+
+@pytest.mark.parametrize("how", ["node", "app"])
+async def test_a_retry_that_comes_due_while_the_node_is_down_is_not_lost(
+    rabbit: PrivateRabbit, prefix: str, how: str
+) -> None:
+    """The retry tiers dead-letter at least once: an expiry during the restart still reaches the
+    tasks queue (the classic tiers dropped it: "leader not known. Command is dropped")."""
+    spec = Topology(prefix=prefix, retry_delays_seconds=(0.2, 1.0, 5.0), delivery_limit=3)
+    connection = await aio_pika.connect(rabbit.url)
+    declared = await declare(connection, spec)
+    due = [f"due-{i}" for i in range(20)]
+    for task_id in due:  # due in 1-2 s: while the node is stopped
+        await declared.retry.publish(
+            aio_pika.Message(task_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT, expiration=1.5),
+            routing_key=spec.retry_tier_for(1.5).routing_key,
+        )
+    await connection.close()
+    if how == "node":
+        await asyncio.to_thread(rabbit.stop)
+        await asyncio.to_thread(rabbit.start)
+    else:
+        await asyncio.to_thread(rabbit._ctl, "stop_app")
+        await asyncio.sleep(2)  # the retries come due in this window
+        await asyncio.to_thread(rabbit._ctl, "start_app")
+
+    connection = await aio_pika.connect(rabbit.url)
+    try:
+        channel = await connection.channel()
+        tasks = await channel.declare_queue(spec.tasks_queue, passive=True)
+        back: list[str] = []
+
+        async def all_back() -> bool:
+            while (message := await tasks.get(fail=False, no_ack=True)) is not None:
+                back.append(message.body.decode())
+            return len(back) >= len(due)
+
+        await wait_until(all_back, 60, "every retry back in the tasks queue")
+        assert sorted(back) == sorted(due)
+    finally:
+        await connection.close()

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from topology.spec import ExchangeSpec, QueueSpec, RetryTier, Topology
 
 if TYPE_CHECKING:
-    from topology.declaring import DeclaredTopology, TopologyConflict, declare, delete, queue_depths
+    from topology.declaring import DeclaredTopology, TopologyConflict, declare, delete, migrate, queue_depths
 
-_DECLARING = frozenset({"DeclaredTopology", "TopologyConflict", "declare", "delete", "queue_depths"})
+_DECLARING = frozenset({"DeclaredTopology", "TopologyConflict", "declare", "delete", "migrate", "queue_depths"})
 
 
 def __getattr__(name: str) -> Any:
@@ -31,5 +31,6 @@ __all__ = [
     "TopologyConflict",
     "declare",
     "delete",
+    "migrate",
     "queue_depths",
 ]

@@ -9,9 +9,13 @@ Everything is derived from a prefix (default ``dagger``):
 - ``<p>.status``  topic exchange, ``task.<state>`` and ``worker.heartbeat``.
 - ``<p>.dead``    fanout exchange and durable classic queue: the dead-letter queue. Classic, so
   that browsing it (get, then requeue) keeps the order and counts no delivery against a limit.
-- ``<p>.retry``   direct exchange; one classic queue per delay tier ``<p>.retry.<ms>ms`` whose
+- ``<p>.retry``   direct exchange; one quorum queue per delay tier ``<p>.retry.<ms>ms`` whose
   message TTL dead-letters back into ``<p>.tasks``. A waiting retry lives in RabbitMQ, survives a
-  worker crash and holds no consumer slot.
+  worker crash and holds no consumer slot. Quorum with ``at-least-once`` dead-lettering (which needs
+  ``overflow: reject-publish``): an expired retry leaves its tier only once ``<p>.tasks`` has
+  confirmed it, so a retry that comes due while the node restarts is not dropped (a classic queue
+  dead-letters *at most once*). Deployments made with classic tiers are moved over by
+  ``dagger-adapter topology migrate``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ ExchangeKind = Literal["topic", "direct", "fanout"]
 
 RETRY_ROUTING_PREFIX = "retry"  # routing key of a retried command when it re-enters the tasks exchange
 HEARTBEAT_ROUTING_KEY = "worker.heartbeat"
+
+# Every queue that hands messages on by dead-lettering does it at least once (RabbitMQ 3.10+, quorum).
+AT_LEAST_ONCE_DEAD_LETTERING: dict[str, Any] = {
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,11 @@ class Topology:
                 return tier
         return self.retry_tiers[-1]
 
+    @staticmethod
+    def retry_return_routing_key(tier: RetryTier) -> str:
+        """The routing key a retry of ``tier`` re-enters the tasks exchange with."""
+        return f"{RETRY_ROUTING_PREFIX}.{tier.routing_key}"
+
     # --- declarations ---
     @property
     def exchanges(self) -> tuple[ExchangeSpec, ...]:
@@ -145,8 +160,7 @@ class Topology:
                 "x-queue-type": "quorum",
                 "x-delivery-limit": self.delivery_limit,
                 "x-dead-letter-exchange": self.dead_exchange,
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
+                **AT_LEAST_ONCE_DEAD_LETTERING,
                 **self.tasks_queue_arguments,
             },
             ((self.tasks_exchange, "#"),),
@@ -162,10 +176,11 @@ class Topology:
             QueueSpec(
                 tier.queue,
                 {
-                    "x-queue-type": "classic",
+                    "x-queue-type": "quorum",
                     "x-message-ttl": tier.delay_ms,
                     "x-dead-letter-exchange": self.tasks_exchange,
-                    "x-dead-letter-routing-key": f"{RETRY_ROUTING_PREFIX}.{tier.routing_key}",
+                    "x-dead-letter-routing-key": self.retry_return_routing_key(tier),
+                    **AT_LEAST_ONCE_DEAD_LETTERING,
                 },
                 ((self.retry_exchange, tier.routing_key),),
                 f"retries waiting up to {tier.delay_ms} ms",
