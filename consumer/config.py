@@ -67,6 +67,9 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     engine_connect_timeout_seconds: PositiveFloat = 10.0
     # How long a running task's lease in Valkey lives without renewal (another worker may take it over).
     lease_seconds: PositiveFloat = 30.0
+    # How long a finished task's outcome is kept in Valkey: a duplicate of the task arriving within
+    # it is answered with the stored result instead of running again. Days, not the cache's hours.
+    idempotency_ttl_seconds: PositiveInt = 7 * 86400
     log_level: str = "INFO"
     # The worker rewrites this file with its latest heartbeat every heartbeat interval, so a
     # container probe can run `dagger-adapter health` without reaching RabbitMQ.

@@ -63,7 +63,7 @@ from consumer.decisions import (
     replaced_by_replay,
 )
 from consumer.health import write_health_file
-from consumer.ledger import Ledger, StoredOutcome
+from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import task_context, worker_id_var
 from schemas import (
     CONTENT_TYPE,
@@ -78,6 +78,7 @@ from schemas import (
     decode_command,
     encode,
     peek,
+    result_message_id,
     utcnow,
 )
 from schemas import headers as h
@@ -122,6 +123,9 @@ class Delivery:
     attempts_before: int  # attempts already made (``x-attempts``; 0 for a fresh command)
     message_id: str | None
     replay_id: str | None
+    # Standard AMQP request/reply properties; they win over the command's body fields.
+    reply_to: str | None = None
+    correlation_id: str | None = None
 
     @classmethod
     def of(cls, message: AbstractIncomingMessage) -> Delivery:
@@ -134,6 +138,8 @@ class Delivery:
             attempts_before=attempts,
             message_id=message.message_id,
             replay_id=replay.decode() if isinstance(replay, bytes) else (str(replay) if replay else None),
+            reply_to=_short_text(message.reply_to),
+            correlation_id=_short_text(message.correlation_id),
         )
 
     @property
@@ -228,7 +234,7 @@ class Worker:
             valkey_url,
             namespace=self.spec.prefix,
             lease_seconds=self.config.lease_seconds,
-            outcome_ttl_seconds=max(self.config.cache_ttl_seconds, 86400),
+            outcome_ttl_seconds=self.config.idempotency_ttl_seconds,
         )
         try:
             await self._ledger.ping()
@@ -497,14 +503,21 @@ class Worker:
                     enable_retry=enable_retry,
                     breaker_reset_seconds=self.config.breaker_reset_seconds,
                 )
-                await self._carry_out(delivery, command, disposition)
+                await self._carry_out(delivery, command, disposition, lease=lease)
 
-    async def _carry_out(self, delivery: Delivery, command: ExecutionCommand | None, disposition: Disposition) -> None:
+    async def _carry_out(
+        self,
+        delivery: Delivery,
+        command: ExecutionCommand | None,
+        disposition: Disposition,
+        *,
+        lease: Lease | None = None,
+    ) -> None:
         """The AMQP side of a decision (``consumer.decisions``); the message is settled last."""
         match disposition:
             case Finish(result=result):
-                assert command is not None
-                await self._finish(delivery, command, result)
+                assert command is not None and lease is not None
+                await self._finish(delivery, command, result, lease)
             case Retry(delay_seconds=delay, attempts=attempts, detail=detail):
                 assert command is not None
                 await self._send_to_retry(delivery, delay, attempts=attempts)
@@ -569,22 +582,37 @@ class Worker:
 
     # ================================================================ outcomes
 
-    async def _finish(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
+    async def _finish(
+        self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult, lease: Lease
+    ) -> None:
         """A final outcome: recorded (so a copy of the command is answered, not run again), published,
-        then acked."""
-        outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
+        then acked. Recorded only as the task's first final outcome and under our lease's fence;
+        otherwise nothing of ours is published: a task has one result, fleet-wide."""
         ledger = self._require_ledger()
-        earlier = await ledger.outcome(command.task_id)
-        if earlier is not None and not replaced_by_replay(earlier, delivery.replay_id):
+        if lease.lost:
+            # Whether another worker took the task over meanwhile is for the fence to say: if none
+            # did, ours is still the only run and its outcome stands.
+            log.warning("the task lease lapsed while the task ran; recording only if no one took it over")
+        outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
+        verdict, _standing = await ledger.record_first(outcome, fence=lease.fence)
+        if verdict is Recorded.EXISTS:
             # Another worker finished this task while we ran it: our lease lapsed (a stall longer
             # than the lease) and it took the task over. The first outcome stands; publishing ours
             # too would give the task two results.
             log.warning("another worker finished this task first; its outcome stands and ours is not published")
             await self._settle(delivery)
             return
-        await ledger.record(outcome)
+        if verdict is Recorded.FENCED:
+            log.warning("another worker took the task over (our lease lapsed); our outcome is not published")
+            await self._carry_out(delivery, command, leased_elsewhere(await ledger.lease_remaining(command.task_id)))
+            return
         await self._publish_outcome(delivery, command, outcome)
-        await ledger.mark_published(outcome)
+        try:
+            await ledger.mark_published(outcome)
+        except ValkeyError as exc:
+            # The outcome is out: acking is right. A redelivered copy would publish it again.
+            log.warning("outcome published but not marked so in Valkey (%s); acking anyway", exc)
+            await self._ledger_failed(exc)
         await self._settle(delivery)
 
     async def _publish_outcome(self, delivery: Delivery, command: ExecutionCommand, outcome: StoredOutcome) -> None:
@@ -603,7 +631,9 @@ class Worker:
                 ),
                 routing_key=self._dead_letter_routing_key(delivery, command.execution_type.value),
             )
-        await self._publish_result(result, command.execution_type.value, command.reply_to, command.correlation_id)
+        await self._publish_result(
+            result, command.execution_type.value, *self._reply_of(delivery, command), outcome.replay_id
+        )
         if result.success:
             await self._status(command, TaskState.SUCCEEDED, result.attempts)
         else:
@@ -631,7 +661,7 @@ class Worker:
         else:
             log.info("duplicate of a finished task: republishing its stored result")
             await self._publish_result(
-                stored.result, command.execution_type.value, command.reply_to, command.correlation_id
+                stored.result, command.execution_type.value, *self._reply_of(delivery, command), stored.replay_id
             )
         await self._settle(delivery)
         return True
@@ -668,7 +698,11 @@ class Worker:
                 finished_at=now,
             )
             await self._publish_result(
-                result, execution_type, _text_field(fields, "reply_to"), _text_field(fields, "correlation_id")
+                result,
+                execution_type,
+                delivery.reply_to or _text_field(fields, "reply_to"),
+                delivery.correlation_id or _text_field(fields, "correlation_id"),
+                delivery.replay_id,
             )
             await self._status_event(
                 StatusEvent(
@@ -757,22 +791,37 @@ class Worker:
         if not await self._publish(exchange, routing_key, message, mandatory=True):
             raise Unroutable(f"no queue is bound to {exchange.name!r} for {routing_key!r}; the command stays queued")
 
+    @staticmethod
+    def _reply_of(delivery: Delivery, command: ExecutionCommand) -> tuple[str | None, str | None]:
+        """Where the reply goes and its correlation id: the AMQP properties (what every AMQP client
+        sets) win over the command's body fields (for clients that cannot set properties)."""
+        return delivery.reply_to or command.reply_to, delivery.correlation_id or command.correlation_id
+
     async def _publish_result(
-        self, result: ExecutionResult, execution_type: str, reply_to: str | None, correlation_id: str | None
+        self,
+        result: ExecutionResult,
+        execution_type: str,
+        reply_to: str | None,
+        correlation_id: str | None,
+        replay_id: str | None,
     ) -> None:
         body = encode(result)
         correlation = correlation_id or result.task_id
         headers = {h.TASK_ID: result.task_id}
+        # Every copy of this result carries the same id: a consumer recognises a repeated publish.
+        message_id = result_message_id(result.task_id, result.attempts, replay_id)
         await self._publish(
             self._exchanges.results,
             self.spec.result_routing_key(execution_type, result.outcome.value),
-            self._message(body, correlation_id=correlation, headers=headers),
+            self._message(body, correlation_id=correlation, headers=headers, message_id=message_id),
         )
-        if reply_to:
+        if reply_to and self.spec.names_ours(reply_to):
+            log.warning("reply not sent: reply_to %r names a queue of our own topology", reply_to)
+        elif reply_to:
             delivered = await self._publish(
                 self._reply_exchange,
                 reply_to,
-                self._message(body, correlation_id=correlation, headers=headers),
+                self._message(body, correlation_id=correlation, headers=headers, message_id=message_id),
                 mandatory=True,
             )
             if not delivered:
@@ -847,5 +896,9 @@ def _is_being_cancelled() -> bool:
 
 
 def _text_field(fields: dict[str, Any], name: str) -> str | None:
-    value = fields.get(name)
+    return _short_text(fields.get(name))
+
+
+def _short_text(value: Any) -> str | None:
+    """A usable AMQP short string (reply queue, correlation id), or None."""
     return value if isinstance(value, str) and value and len(value) <= 255 and value.isprintable() else None

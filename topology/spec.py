@@ -104,6 +104,11 @@ class Topology:
     def retry_exchange(self) -> str:
         return f"{self.prefix}.retry"
 
+    def names_ours(self, name: str) -> bool:
+        """Whether ``name`` is (or could be) one of our exchanges or queues: a reply destination
+        taken from a message must never be one of them (a reply would inject into our topology)."""
+        return name == self.prefix or name.startswith(self.prefix + ".")
+
     # --- routing keys ---
     @staticmethod
     def task_routing_key(execution_type: str) -> str:

@@ -118,18 +118,22 @@ class ExecutionClient:
     async def submit_and_wait(self, command: ExecutionCommand, timeout: float) -> ExecutionResult:
         """Submit ``command`` and wait up to ``timeout`` seconds for its result.
 
-        The command carries this client's reply queue in ``reply_to`` and a correlation id
-        (``command.correlation_id`` or a fresh one) in the body and the AMQP properties.
+        The request is standard AMQP RPC over RabbitMQ's direct reply-to: the ``reply_to``
+        property is ``amq.rabbitmq.reply-to`` (no reply queue is declared), the correlation id
+        (``command.correlation_id`` or a fresh one) is in the body and the properties. A repeated
+        copy of the reply (same ``message_id``) is dropped.
         Raises ``TimeoutError`` when no result came in time, ``ConnectionLost`` at once when
         the connection drops while waiting (the reply queue goes with it); the task may still run.
         """
         correlation_id = command.correlation_id or new_message_id()
         async with asyncio.timeout(timeout):
-            reply_to = await self._replies.queue_name()
-            command = msgspec.structs.replace(command, reply_to=reply_to, correlation_id=correlation_id)
+            await self.start()
+            assert self._channel is not None
+            reply_to = await self._replies.reply_to(self._channel)  # consumed on the publishing channel
+            command = msgspec.structs.replace(command, reply_to=None, correlation_id=correlation_id)
             waiting = self._replies.expect(correlation_id)  # before publishing: a reply can be quick
             try:
-                await self._publish(command)
+                await self._publish(command, reply_to=reply_to)
                 return await waiting
             finally:
                 self._replies.forget(correlation_id)
@@ -139,7 +143,7 @@ class ExecutionClient:
         """How many ``submit_and_wait`` calls are waiting for their result."""
         return len(self._replies)
 
-    async def _publish(self, command: ExecutionCommand) -> None:
+    async def _publish(self, command: ExecutionCommand, *, reply_to: str | None = None) -> None:
         parse_parameters(command.execution_type, command.parameters)  # raises InvalidMessage
         if command.submitted_at is None:
             command = msgspec.structs.replace(command, submitted_at=utcnow())
@@ -148,7 +152,7 @@ class ExecutionClient:
         assert self._tasks is not None
         await publish_confirmed(
             self._tasks,
-            command_message(command),
+            command_message(command, reply_to=reply_to),
             self.topology.task_routing_key(command.execution_type.value),
             task_id=command.task_id,
             timeout=self.publish_timeout,

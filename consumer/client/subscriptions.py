@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -20,12 +21,17 @@ E = TypeVar("E")
 
 # How many events may be in flight to one subscriber before RabbitMQ waits for it.
 PREFETCH = 256
+# How many message ids a subscription remembers to recognise a repeated copy of an event.
+REMEMBERED_IDS = 10_000
 
 
 class Subscription(Generic[E]):
     """An async iterator of events. ``async with`` it to be sure the queue is bound before
     acting (events published before that are not seen: the exchanges are pub/sub, not logs).
-    Iterating without ``async with`` binds on the first ``__anext__``."""
+    Iterating without ``async with`` binds on the first ``__anext__``.
+
+    A copy of an event already delivered (the same AMQP ``message_id``: a result republished
+    after a lost confirm, or to a duplicate command) is dropped and counted in ``duplicates``."""
 
     def __init__(
         self,
@@ -44,6 +50,8 @@ class Subscription(Generic[E]):
         self._iterator: AbstractQueueIterator | None = None
         self._closed = False
         self.on_close: Callable[[Subscription[E]], None] | None = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
 
     async def open(self) -> None:
         if self._iterator is not None:
@@ -79,9 +87,22 @@ class Subscription(Generic[E]):
         while True:
             message = await self._iterator.__anext__()
             await message.ack()
+            if self._repeated(message.message_id):
+                self.duplicates += 1
+                continue
             event = self._decode(message)
             if event is not None and self._accept(event):
                 return event
+
+    def _repeated(self, message_id: str | None) -> bool:
+        if not message_id:
+            return False
+        if message_id in self._seen:
+            return True
+        self._seen[message_id] = None
+        if len(self._seen) > REMEMBERED_IDS:
+            self._seen.popitem(last=False)
+        return False
 
     async def close(self) -> None:
         if self._closed:
