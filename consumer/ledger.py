@@ -27,6 +27,7 @@ from types import TracebackType
 import msgspec
 import valkey.asyncio as valkey
 
+from consumer.embedded_valkey import CLIENT_NAME
 from schemas import ExecutionResult
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,9 @@ class Ledger:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str, lease_seconds: float, outcome_ttl_seconds: float) -> Ledger:
-        client = valkey.from_url(url, socket_timeout=10, socket_connect_timeout=10)  # type: ignore[no-untyped-call]
+        client = valkey.from_url(  # type: ignore[no-untyped-call]
+            url, socket_timeout=10, socket_connect_timeout=10, client_name=CLIENT_NAME
+        )
         return cls(client, namespace=namespace, lease_seconds=lease_seconds, outcome_ttl_seconds=outcome_ttl_seconds)
 
     async def ping(self) -> None:

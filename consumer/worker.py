@@ -236,13 +236,23 @@ class Worker:
             lease_seconds=self.config.lease_seconds,
             outcome_ttl_seconds=self.config.idempotency_ttl_seconds,
         )
-        try:
-            await self._ledger.ping()
-        except ValkeyError as exc:
-            raise StartupFailed(f"cannot reach Valkey at {redact_url(valkey_url)}: {exc}") from None
         self.adapter.add_circuit_listener(self._on_circuit_change)
 
         start_up_pause: list[asyncio.Task[None]] = []
+        try:
+            await self._ledger.ping()
+        except ValkeyError as exc:
+            # Like a missing engine: stay up (not ready), consume once Valkey answers.
+            log.warning(
+                "Valkey at %s not reachable at start-up (%s): not consuming until it is", redact_url(valkey_url), exc
+            )
+            start_up_pause.append(
+                asyncio.create_task(
+                    self._pause_until("valkey", self._valkey_answers, VALKEY_PROBE_SECONDS),
+                    name="valkey-start-up-pause",
+                )
+            )
+            await asyncio.sleep(0)
         if not self.adapter.get_status().engine_connected:
             # No engine yet: wait for one instead of spending every command's attempts (and the
             # breaker's threshold) on it. The pause registers itself before its first await, so
@@ -393,15 +403,13 @@ class Worker:
         commands through the queue (where the delivery limit would dead-letter them)."""
         if "valkey" not in self._paused_for and self._ledger is not None:
             log.warning("Valkey error: %s", exc)
-            ledger = self._ledger
-
-            async def valkey_answers() -> bool:
-                await ledger.ping()
-                return True
-
             with task_context(None):  # the pause is the worker's, not the task's that ran into it
-                pause = asyncio.create_task(self._pause_until("valkey", valkey_answers, VALKEY_PROBE_SECONDS))
+                pause = asyncio.create_task(self._pause_until("valkey", self._valkey_answers, VALKEY_PROBE_SECONDS))
             self._background.append(pause)
+
+    async def _valkey_answers(self) -> bool:
+        await self._require_ledger().ping()
+        return True
 
     # ================================================================ heartbeat
 

