@@ -13,11 +13,12 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from consumer.client import ExecutionClient
+from consumer.client import DeadLetterQueue, ExecutionClient, Selector
+from consumer.client.dead_letters import replay_id_for, replay_message
 from consumer.ledger import Ledger
 from schemas import ExecutionResult, decode, encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
-from tests.support.worker_process import Observer, command, publish_command, wait_until
+from tests.support.worker_process import Observer, command, publish_command, wait_until, waiting_commands
 from tests.test_worker import StartWorker, dead_letters, settle, start_worker, stop_worker, take_over_lease, worker_log
 from topology import Topology, queue_depths
 
@@ -186,3 +187,46 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_a_replay_interrupted_after_publishing_runs_the_task_once_when_replayed_again(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    amqp: AbstractRobustConnection,
+) -> None:
+    """The CLI died between publishing a replay and acking the letter: the letter is still in the
+    dead-letter queue. Replaying it again sends the same x-replay-id; the task runs once."""
+    worker = await start_worker()
+    fails = threading.Event()
+    fails.set()
+
+    def flaky(_: ExecRecord) -> ExecOutcome:
+        return ExecOutcome(stderr="broken\n", exit_code=3) if fails.is_set() else ExecOutcome(stdout="fixed\n")
+
+    dagger_engine.on_exec(["replayed-task"], flaky)
+    await publish_command(channel, topology_spec, command("replayed", "replayed-task"))
+    await observer.wait_for(lambda: observer.results_for("replayed"), 30, "the failure")
+    fails.clear()
+
+    letters = DeadLetterQueue(amqp, topology_spec)
+    (letter,) = await letters.browse()
+    tasks = await channel.get_exchange(topology_spec.tasks_exchange, ensure=False)
+    await tasks.publish(replay_message(letter, replay_id_for(letter)), routing_key=letter.replay_routing_key)
+    # ... and the CLI died here. The operator replays again:
+    (moved,) = await letters.replay(Selector(everything=True))
+    assert moved.replay_id == replay_id_for(letter)
+
+    await observer.wait_for(lambda: len(observer.results_for("replayed")) >= 2, 60, "the replay's result")
+
+    async def both_copies_settled() -> bool:
+        return worker.in_flight == 0 and await waiting_commands(amqp, topology_spec) == 0
+
+    await wait_until(both_copies_settled, 60, "both replay copies settled")
+    await settle(observer, worker)
+    failure, replayed = observer.results_for("replayed")  # the second copy is acked, not run or answered
+    assert not failure.success and replayed.success
+    assert len([e for e in dagger_engine.execs if "replayed-task" in e.args]) == 2  # the failure + one replay run
+    assert await letters.browse() == []
