@@ -51,7 +51,8 @@ def test_default_names_and_arguments() -> None:
         "dagger.dead": "fanout",
         "dagger.retry": "direct",
     }
-    tasks, dead, *retries = spec.queues
+    tasks, dead, *retries, history = spec.queues
+    assert history.name == "dagger.results.history" and history.queue_type == "stream"
     assert tasks.name == "dagger.tasks" and tasks.bindings == (("dagger.tasks", "#"),)
     assert tasks.arguments == {
         "x-queue-type": "quorum",

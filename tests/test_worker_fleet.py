@@ -230,3 +230,15 @@ async def test_a_replay_interrupted_after_publishing_runs_the_task_once_when_rep
     assert not failure.success and replayed.success
     assert len([e for e in dagger_engine.execs if "replayed-task" in e.args]) == 2  # the failure + one replay run
     assert await letters.browse() == []
+
+
+async def test_results_a_worker_published_while_nobody_listened_are_read_from_the_stream(
+    start_worker: StartWorker, amqp_url: str, channel: AbstractChannel, topology_spec: Topology, observer: Observer
+) -> None:
+    await start_worker()
+    for i in range(3):
+        await publish_command(channel, topology_spec, command(f"kept-{i}"))
+    await observer.wait_for(lambda: len(observer.results) >= 3, 30, "three results")
+    async with ExecutionClient.connect(amqp_url, topology_spec) as client, client.results(since="first") as history:
+        kept = [await asyncio.wait_for(anext(history), 15) for _ in range(3)]
+    assert sorted(r.task_id for r in kept) == [f"kept-{i}" for i in range(3)]

@@ -5,7 +5,9 @@ Everything is derived from a prefix (default ``dagger``):
 - ``<p>.tasks``   topic exchange; quorum queue ``<p>.tasks`` bound with ``#``. Publishers use the
   execution type as routing key. ``x-delivery-limit`` dead-letters a message that keeps killing
   workers (at-least-once dead-lettering, which requires ``overflow: reject-publish``).
-- ``<p>.results`` topic exchange, ``<execution_type>.<succeeded|failed>``; pub/sub.
+- ``<p>.results`` topic exchange, ``<execution_type>.<succeeded|failed>``; pub/sub. Every result
+  is also appended to the stream ``<p>.results.history`` (retention by age and size), which a
+  subscriber reads from a point in time: one that was down misses nothing.
 - ``<p>.status``  topic exchange, ``task.<state>`` and ``worker.heartbeat``.
 - ``<p>.dead``    fanout exchange and durable classic queue: the dead-letter queue. Classic, so
   that browsing it (get, then requeue) keeps the order and counts no delivery against a limit.
@@ -21,6 +23,7 @@ Everything is derived from a prefix (default ``dagger``):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -68,8 +71,16 @@ class Topology:
     retry_delays_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
     delivery_limit: int = 5
     tasks_queue_arguments: dict[str, Any] = field(default_factory=dict)  # extra x-args, if any
+    results_stream_max_age: str = "7D"  # RabbitMQ's x-max-age: a number and Y, M, D, h, m or s
+    results_stream_max_bytes: int = 5_000_000_000
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[1-9][0-9]*[YMDhms]", self.results_stream_max_age):
+            raise ValueError(
+                f"results stream max age {self.results_stream_max_age!r}: a number and Y, M, D, h, m or s (e.g. 7D)"
+            )
+        if self.results_stream_max_bytes < 1:
+            raise ValueError("results stream max bytes must be positive")
         if not self.retry_delays_seconds:
             raise ValueError("at least one retry delay tier is needed")
         if any(d <= 0 for d in self.retry_delays_seconds):
@@ -87,6 +98,10 @@ class Topology:
     @property
     def results_exchange(self) -> str:
         return f"{self.prefix}.results"
+
+    @property
+    def results_stream(self) -> str:
+        return f"{self.prefix}.results.history"
 
     @property
     def status_exchange(self) -> str:
@@ -192,4 +207,14 @@ class Topology:
             )
             for tier in self.retry_tiers
         )
-        return (tasks, dead, *retries)
+        history = QueueSpec(
+            self.results_stream,
+            {
+                "x-queue-type": "stream",
+                "x-max-age": self.results_stream_max_age,
+                "x-max-length-bytes": self.results_stream_max_bytes,
+            },
+            ((self.results_exchange, "#"),),
+            "every result, kept by age and size: read from a point in time",
+        )
+        return (tasks, dead, *retries, history)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aio_pika
 import msgspec
@@ -164,17 +165,44 @@ class ExecutionClient:
         execution_type: ExecutionType | str | None = None,
         outcome: Outcome | str | None = None,
         task_id: str | None = None,
+        *,
+        since: datetime | timedelta | Literal["first"] | None = None,
     ) -> Subscription[ExecutionResult]:
-        """Result events published from now on. Type and outcome are filtered by RabbitMQ
-        (routing keys), ``task_id`` here."""
-        keys = result_routing_keys(self.topology, _value(execution_type), _value(outcome))
+        """Result events published from now on; with ``since``, first those kept in the results
+        stream from that time (a ``datetime``, a ``timedelta`` back from now, or ``"first"`` for
+        all it keeps), then new ones as they come: a subscriber that was down misses nothing.
+
+        Live only: type and outcome are filtered by RabbitMQ (routing keys), ``task_id`` here.
+        From the stream, everything is filtered here; RabbitMQ starts at the chunk holding
+        ``since``, so a few results from shortly before it may come too."""
+        wanted_type, wanted_outcome = _value(execution_type), _value(outcome)
+        keys = result_routing_keys(self.topology, wanted_type, wanted_outcome)
+
+        def accept(r: ExecutionResult) -> bool:
+            return (
+                (task_id is None or r.task_id == task_id)
+                and (wanted_outcome is None or r.outcome.value == wanted_outcome)
+                and (wanted_type is None or (r.execution_type is not None and r.execution_type.value == wanted_type))
+            )
+
+        if since is None:
+            return self._track(
+                Subscription(self.connection, self.topology.results_exchange, keys, decode_result, accept)
+            )
+        offset: Any = since
+        if isinstance(since, timedelta):
+            offset = datetime.now(UTC) - since
+        elif since != "first" and not isinstance(since, datetime):
+            raise ValueError('since: a datetime, a timedelta or "first"')
         return self._track(
             Subscription(
                 self.connection,
                 self.topology.results_exchange,
                 keys,
                 decode_result,
-                (lambda r: r.task_id == task_id) if task_id is not None else (lambda _r: True),
+                accept,
+                stream=self.topology.results_stream,
+                stream_offset=offset,
             )
         )
 

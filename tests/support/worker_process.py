@@ -286,4 +286,4 @@ async def wait_until(condition: Callable[[], Any], timeout: float, what: str, in
 async def waiting_commands(connection: AbstractRobustConnection, spec: Topology) -> int:
     """Commands waiting (ready) in the tasks queue and the retry queues."""
     depths = await queue_depths(connection, spec)
-    return sum(depths[q.name] or 0 for q in spec.queues if q.name != spec.dead_queue)
+    return sum(depths[name] or 0 for name in (spec.tasks_queue, *(t.queue for t in spec.retry_tiers)))
