@@ -20,6 +20,11 @@ task already finished -> lease (a task running elsewhere is postponed, not start
 final failure is recorded in the ledger, published (dead letter, result, reply) and only then acked;
 a retryable failure goes to a delayed retry queue carrying the attempt count. Every publish is
 confirmed by the broker; a message is acked only after its outcome is out.
+
+What happens to a delivery (finish, retry after N s, postpone, put back; what the ledger's record
+means for it) is decided in ``consumer.decisions`` from plain values; ``Worker._carry_out`` makes
+the AMQP calls that carry the decision out. An outcome is recorded only as the task's first, under
+the lease's fencing token (``consumer.ledger``): a worker whose lease was taken over publishes nothing.
 """
 
 from __future__ import annotations
