@@ -297,6 +297,13 @@ async def test_status_stream_of_heartbeats_only_binds_only_heartbeats(
 async def test_closing_the_client_releases_its_queues(
     amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: DeclaredTopology
 ) -> None:
+    # The results history stream takes every result: unbound here, so that the client's own
+    # queue is the only one a result can reach.
+    setup = await amqp.channel()
+    history = await setup.declare_queue(topology_spec.results_stream, passive=True)
+    await history.unbind(topology_spec.results_exchange, "#")
+    await setup.close()
+    assert not await _bound(amqp, declared)
     client = await ExecutionClient.connect(amqp_url, topology_spec)
     events = client.results()
     await events.open()
