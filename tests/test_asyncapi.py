@@ -56,11 +56,11 @@ def test_command_headers_as_a_publisher_sends_them_match_the_schema(doc: dict[st
 def test_request_reply_with_correlation_ids(doc: dict[str, Any]) -> None:
     submit = doc["operations"]["submitCommand"]
     assert submit["action"] == "send" and submit["reply"]["channel"] == {"$ref": "#/channels/reply"}
-    assert submit["reply"]["address"]["location"] == "$message.payload#/reply_to"
+    assert submit["reply"]["address"]["location"] == "$message.header#/reply_to"  # the AMQP property wins
     messages = doc["components"]["messages"]
     correlations = doc["components"]["correlationIds"]
     command_corr = messages["ExecutionCommand"]["correlationId"]["$ref"].rsplit("/", 1)[1]
-    assert correlations[command_corr]["location"] == "$message.payload#/correlation_id"
+    assert correlations[command_corr]["location"] == "$message.header#/correlation_id"
     assert "correlationId" in messages["ExecutionResult"]
     assert doc["channels"]["reply"]["address"] is None  # dynamic: whatever reply_to names
 
@@ -74,6 +74,7 @@ def test_every_channel_has_an_operation_and_enums_come_from_the_schemas(doc: dic
     assert channels["task_status"]["parameters"]["state"]["enum"] == [s.value for s in TaskState]
     assert channels["dead_letters"]["address"] == "acme.dead"
     assert channels["recent_heartbeats"]["address"] == "acme.heartbeats"
+    assert channels["result_history"]["address"] == Topology(prefix="acme").results_stream
     assert doc["operations"]["inspectDeadLetters"]["action"] == "receive"
 
 

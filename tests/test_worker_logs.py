@@ -80,3 +80,17 @@ def test_every_logger_of_ours_is_named_dagger_adapter() -> None:
                     assert isinstance(arg, ast.Constant), f"{path}: module logger not named by a literal"
                     ours.append(arg.value)
     assert len(ours) >= 10 and all(name.startswith("dagger_adapter.") for name in ours), ours
+
+
+def test_amqp_library_errors_during_a_reconnect_are_written_as_warnings(captured: io.StringIO) -> None:
+    try:
+        raise ConnectionResetError("Connection reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("aiormq.connection").exception("Unexpected connection close from remote")
+        logging.getLogger("aio_pika.robust_connection").error("Connection attempt failed")
+    logging.getLogger("dagger_adapter.worker").error("ours stays an error")
+
+    aiormq_line, aio_pika_line, ours = lines(captured)
+    assert aiormq_line["level"] == aio_pika_line["level"] == "warning"
+    assert aiormq_line["msg"] == "Unexpected connection close from remote" and "exc" not in aiormq_line
+    assert ours["level"] == "error"

@@ -168,9 +168,11 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
             None,
             "reply queue",
             ["ExecutionResult"],
-            "The queue a command names in reply_to (e.g. an exclusive queue of the caller): the worker sends the "
-            "result there too, through the default exchange, with the AMQP correlation_id property set to the "
-            "command's correlation_id (else its task id).",
+            "The queue a command names in its AMQP reply_to property (else the body's reply_to): an exclusive "
+            "queue of the caller, or RabbitMQ's direct reply-to (amq.rabbitmq.reply-to) as the Python client "
+            "uses. The worker sends the result there too, through the default exchange, with the AMQP "
+            "correlation_id property set to the command's (property, else body field, else its task id). "
+            "A reply_to that names a queue of this topology is refused.",
             {"is": "queue", "queue": {"name": "reply_to", "exclusive": True, "autoDelete": True, "durable": False}},
         ),
         "results": exchange_channel(
@@ -204,6 +206,12 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
             "A stream (x-queue-type stream) of the last minutes of worker heartbeats: consume it from an "
             "x-stream-offset (e.g. a timestamp) to learn at once which workers are alive.",
         ),
+        "result_history": queue_channel(
+            spec.results_stream,
+            ["ExecutionResult"],
+            "A stream (x-queue-type stream) of every result, kept by age and size: consume it from an "
+            "x-stream-offset (a timestamp, or first) to catch up on results published while you were away.",
+        ),
         "dead_letters": queue_channel(
             spec.dead_queue,
             ["DeadLetter"],
@@ -227,8 +235,9 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
         "EventHeaders", task_id_header, "AMQP application headers of results and status events."
     )
     command_correlation = {
-        "description": "The body's correlation_id (also the AMQP correlation_id property); the reply carries it back.",
-        "location": "$message.payload#/correlation_id",
+        "description": "The AMQP correlation_id property (standard RPC; else the body's correlation_id field): "
+        "the reply carries it back.",
+        "location": "$message.header#/correlation_id",
     }
     result_correlation = {
         "description": "The AMQP correlation_id property of a reply: the command's correlation_id, else its task id.",
@@ -294,8 +303,8 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
             "result is also sent to that queue.",
             reply={
                 "address": {
-                    "description": "the queue named in the command's reply_to (body and AMQP property)",
-                    "location": "$message.payload#/reply_to",
+                    "description": "the queue named in the command's AMQP reply_to property (else the body's)",
+                    "location": "$message.header#/reply_to",
                 },
                 "channel": {"$ref": "#/channels/reply"},
                 "messages": [{"$ref": "#/channels/reply/messages/ExecutionResult"}],
@@ -315,6 +324,12 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
             "recent_heartbeats",
             "WorkerHeartbeat",
             "Read the heartbeats stream from an offset (`dagger-adapter status`).",
+        ),
+        "readResultHistory": operation(
+            "receive",
+            "result_history",
+            "ExecutionResult",
+            "Read past results from the results stream (`dagger-adapter results --since`).",
         ),
         "inspectDeadLetters": operation(
             "receive",
