@@ -109,6 +109,10 @@ class PipelineParameters(CommonParameters, kw_only=True, forbid_unknown_fields=T
             raise ValueError("give exactly one of `pipeline` or `module` + `function`")
         if self.module is not None and self.function is None:
             raise ValueError("`module` needs a `function` to call")
+        if self.module is not None and (self.environment or self.volumes):
+            # Nothing is silently dropped: a module function gets its inputs as `args` only.
+            given = " and ".join(n for n in ("environment", "volumes") if getattr(self, n))
+            raise ValueError(f"a module call takes no {given}: pass what the function needs as `args`")
         if self.pipeline is not None:
             if not self.pipeline:
                 raise ValueError("`pipeline` must have at least one operation")
