@@ -33,7 +33,7 @@ class ChainBuilder:
         self._ctr = ctr
         self._chunk = chunk
         self._pending: list[Call] = []
-        self._depth = 0  # calls on self._ctr since the last sync
+        self._depth = 1  # calls on self._ctr since the last sync (the start is a call, unsynced)
 
     def add(self, method: str, **kwargs: Any) -> None:
         self._pending.append((method, kwargs))
@@ -41,13 +41,14 @@ class ChainBuilder:
     async def step(self) -> None:
         """Apply what is pending; sync once the chain since the last sync is a chunk long."""
         if self._depth + len(self._pending) >= self._chunk:
-            await self._apply()
+            await self.synced()
+
+    async def synced(self) -> dagger.Container:
+        """The container with every call so far applied, evaluated, and loaded by its ID."""
+        await self._apply()
+        if self._depth:
             self._ctr = await self._ctr.sync()
             self._depth = 0
-
-    async def container(self) -> dagger.Container:
-        """The container with every call so far applied (not synced: still lazy)."""
-        await self._apply()
         return self._ctr
 
     async def _apply(self) -> None:

@@ -300,8 +300,8 @@ async def _run_chain(plan: PipelinePlan, ctx: RunContext, result: dict[str, Any]
                 chain.add(op.method, **_sdk_args(op, ctx))
             await chain.step()
             if count in exports_after:
-                at[count] = await chain.container()
-        ctr = await (await chain.container()).sync()
+                at[count] = await chain.synced()  # by ID: exporting it later evaluates nothing again
+        ctr = await chain.synced()
         ran_exec = any(op.name == "with_exec" for op in plan.operations)
         if ran_exec:
             result["exit_code"] = await ctr.exit_code()

@@ -323,7 +323,9 @@ def _shell_references(script: str) -> str:
     ``'"${INPUT_NAME}"'``. The inserted text depends only on the input's *name*, so whatever
     the value holds, and even where this scan misjudges the shell's quoting (``$(...)``,
     backticks, here-documents), the shell meets the value only as the result of a parameter
-    expansion, which it never parses as code."""
+    expansion, which it never parses as code. (A misjudged context costs exactness, never
+    safety: inside ``$(...)`` within double quotes the expansion is unquoted and so split
+    into words; in a here-document the inserted quotes are printed.)"""
     out: list[str] = []
     quote: str | None = None  # None, "'" or '"'
     i = 0
@@ -437,8 +439,7 @@ async def _run_step(
     ctx.progress(step.name, "started", None)
     started = time.monotonic()
     try:
-        await chain.step()
-        ctr = await (await chain.container()).sync()
+        ctr = await chain.synced()
         exit_code, stdout, stderr = await asyncio.gather(ctr.exit_code(), ctr.stdout(), ctr.stderr())
     except Exception as exc:
         out["status"] = "failed"
