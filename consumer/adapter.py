@@ -18,13 +18,13 @@ import msgspec
 
 from consumer.breaker import EngineCircuitBreaker
 from consumer.cache import CacheManager, cache_key, directory_digest, file_digest
-from consumer.config import DaggerAdapterConfig
+from consumer.config import DaggerAdapterConfig, config_directories
 from consumer.engine import DaggerEngine
 from consumer.errors import ExecutionFailure, classify
 from consumer.execution import Plan, plan_for
 from consumer.execution.context import ProgressCallback, Redactor, RunContext, registry_logins
 from consumer.interface import AgentAdapter, AgentCapability, AgentStatus
-from consumer.paths import PathRules, worker_own_paths
+from consumer.paths import PathRules, worker_code_paths
 from consumer.retry import RetryHandler, RetryPolicy
 from consumer.version import package_version
 from schemas import (
@@ -64,7 +64,8 @@ class DaggerAdapter(AgentAdapter):
             workflow_directory=cfg.workflow_directory,
             protected=[cfg.cache_directory],
             output_roots=cfg.allowed_output_roots,
-            write_protected=worker_own_paths(),
+            write_protected=worker_code_paths(),
+            config_directories=config_directories(),
         )
         self._slots = asyncio.Semaphore(cfg.max_concurrent_executions)
         self._load = 0

@@ -18,10 +18,10 @@ Reading and writing are different rights. Host *writes* (pipeline exports, writa
 go only under ``allowed_output_roots`` (none by default: a worker writes nothing to its host
 unless told where), and never into or over anything the worker itself reads: the workflow
 directory, the cache directory, the installed code (its packages, ``sys.prefix``) and the
-configuration file's directory. Below its output root a write path may not pass through a
-symlink at all; ``consumer.host_output`` re-checks that when it writes, component by
-component without following links, so a path swapped for a link after the check still
-cannot redirect the write.
+files directly in the configuration file's directory. Below its output root a write path may
+not pass through a symlink at all; ``consumer.host_output`` re-checks that when it writes,
+component by component without following links, so a path swapped for a link after the
+check still cannot redirect the write.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class PathRules:
         protected: Sequence[str | os.PathLike[str]] = (),
         output_roots: Sequence[str | os.PathLike[str]] = (),
         write_protected: Sequence[str | os.PathLike[str]] = (),
+        config_directories: Sequence[str | os.PathLike[str]] = (),
     ):
         self._workflow_root = Path(workflow_directory)
         self._volume_roots = [Path(r) for r in volume_roots] or [Path.cwd()]
@@ -69,6 +70,9 @@ class PathRules:
         self._output_roots = [Path(r) for r in output_roots]
         # Never written, never written over: what the worker reads its work, code and data from.
         self._write_protected = [self._workflow_root, *self._protected, *(Path(p) for p in write_protected)]
+        # Configuration directories: nothing directly in them (the files the worker reads),
+        # their subdirectories are ordinary places (an output root may be one).
+        self._config_directories = [Path(p) for p in config_directories]
 
     @property
     def volume_roots(self) -> list[Path]:
@@ -126,6 +130,9 @@ class PathRules:
         for protected in map(_resolved, self._write_protected):
             if _is_within(target, [protected]) or (directory and _is_within(protected, [target])):
                 raise permanent(f"{what} {path!r} would write over what the worker itself reads ({protected})")
+        for config in map(_resolved, self._config_directories):
+            if target == config or target.parent == config or (directory and _is_within(config, [target])):
+                raise permanent(f"{what} {path!r} would write over the worker's configuration ({config})")
         # Early, clear refusals; consumer.host_output enforces the same when it writes.
         walked = found.root
         for index, part in enumerate(found.parts):
@@ -176,16 +183,15 @@ class PathRules:
         return resolved
 
 
-def worker_own_paths() -> list[Path]:
-    """What the worker reads its own code and configuration from: never a write target."""
+def worker_code_paths() -> list[Path]:
+    """Where the worker's own code lives (its packages, the Python installation): never
+    written, never written over."""
     import consumer
     import schemas
     import topology
-    from consumer.config import config_directories
 
     own = [Path(m.__file__).parent for m in (consumer, schemas, topology) if m.__file__]
-    own += [Path(sys.prefix), Path(sys.base_prefix), *map(Path, config_directories())]
-    return own
+    return [*own, Path(sys.prefix), Path(sys.base_prefix)]
 
 
 def _refuse_parent_components(path: str, what: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from consumer.config import load_config
 from consumer.errors import ExecutionFailure
 from consumer.host_output import install_file, install_tree
 from consumer.paths import OutputPath, PathRules
@@ -160,6 +161,34 @@ async def test_the_worker_never_writes_into_its_own_code_or_configuration(
         )
     assert not result.success and "what the worker itself reads" in (result.error or "")
     assert "os.system" not in (package / "adapter.py").read_text()
+
+
+async def test_the_configuration_file_is_never_written_over(dagger_engine: TestEngine, tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    config_file = conf / "adapter.toml"
+    config_file.write_text(f'allowed_output_roots = ["{tmp_path}"]\n')
+    settings = adapter_config(tmp_path).redacted()
+    settings.pop("allowed_output_roots")
+    config = load_config(config_file, env={}, **settings)
+
+    def export(host_path: Path) -> ExecutionCommand:
+        return pipeline_command(
+            pipeline=[
+                {"from": {"address": "alpine"}},
+                {"with_new_file": {"path": "/f", "contents": 'amqp_url = "amqp://evil/"\n'}},
+                {"export_file": {"path": "/f", "host_path": str(host_path)}},
+            ]
+        )
+
+    async with started(config) as adapter:
+        over = await adapter.execute(export(config_file))
+        beside = await adapter.execute(export(conf / "other.toml"))
+        below = await adapter.execute(export(conf / "reports" / "r.txt"))  # a subdirectory is ordinary
+    for refused in (over, beside):
+        assert not refused.success and "would write over the worker's configuration" in (refused.error or "")
+    assert below.success, below.error
+    assert config_file.read_text() == f'allowed_output_roots = ["{tmp_path}"]\n'
 
 
 async def test_writable_volumes_need_an_output_root_and_read_roots_do_not_grant_one(
