@@ -47,11 +47,12 @@ class RegistryCredentials(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
 
 
 class VolumeMount(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A host directory mounted into the container.
+    """A host directory mounted into the container, read-only.
 
     ``source`` must resolve inside one of the worker's ``allowed_volume_roots``. With
-    ``writable: true`` the directory's content after a successful run is exported back to
-    ``source``.
+    ``writable: true`` the mount is writable, ``source`` must lie under one of its
+    ``allowed_output_roots`` instead, and after a successful run ``source`` is made to hold
+    exactly the volume's final content (files deleted in the container are deleted).
     """
 
     source: NonEmptyStr
