@@ -46,7 +46,7 @@ from consumer.errors import classify, permanent
 from consumer.execution.chain import ChainBuilder
 from consumer.execution.context import RunContext
 from consumer.execution.exports import export_directory, export_file
-from consumer.execution.workflow import Volume, plan_volumes
+from consumer.execution.volumes import Volume, plan_volumes
 from consumer.paths import OutputPath, PathRules
 from schemas import PipelineParameters
 

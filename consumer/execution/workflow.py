@@ -47,8 +47,9 @@ from consumer.errors import TAIL_CHARS, ExecutionFailure, classify, permanent
 from consumer.execution.chain import ChainBuilder
 from consumer.execution.context import RunContext
 from consumer.execution.exports import export_directory
-from consumer.paths import OutputPath, PathRules
-from schemas import VolumeMount, WorkflowDefinition, WorkflowParameters, WorkflowStep
+from consumer.execution.volumes import Volume, plan_volumes
+from consumer.paths import PathRules
+from schemas import WorkflowDefinition, WorkflowParameters, WorkflowStep
 
 INPUT_REFERENCE = re.compile(r"\{\{\s*inputs\.([A-Za-z0-9_.-]*?)\s*\}\}")
 INPUT_VARIABLE_PREFIX = "INPUT_"
@@ -68,19 +69,6 @@ CODE_OPTIONS: dict[str, frozenset[str]] = {
 }
 MAX_OUTPUT_BYTES = 1 << 20  # a declared output travels inside the result message
 SINGLE_COMMAND_STEP = "command"
-
-
-@dataclass(slots=True, frozen=True)
-class Volume:
-    source: Path | None  # resolved host directory; None: the workflow's workspace (empty, never exported)
-    target: str
-    writable: bool  # exported back to ``output`` after the workflow succeeds
-    output: OutputPath | None = None
-
-    @property
-    def read_only(self) -> bool:
-        """Mounted read-only: host inputs, unless the volume is writable (under an output root)."""
-        return self.source is not None and not self.writable
 
 
 @dataclass(slots=True)
@@ -212,20 +200,6 @@ def plan_workflow(params: WorkflowParameters, rules: PathRules) -> WorkflowPlan:
         workflow_source=source,
         host_inputs=[v.source for v in volumes if v.source is not None],
     )
-
-
-def plan_volumes(volumes: list[VolumeMount], rules: PathRules) -> list[Volume]:
-    """Host volumes under the path rules: read-only inputs under the read roots; writable
-    ones (exported back afterwards) only under an output root."""
-    planned = []
-    for index, v in enumerate(volumes):
-        if v.writable:
-            output = rules.check_writable_source(v.source, what=f"writable volume source (volumes[{index}])")
-            planned.append(Volume(source=output.path, target=v.target, writable=True, output=output))
-        else:
-            source = rules.host_directory(v.source, what=f"volume source (volumes[{index}])")
-            planned.append(Volume(source=source, target=v.target, writable=False))
-    return planned
 
 
 def input_variable(name: str) -> str:
