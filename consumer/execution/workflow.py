@@ -53,7 +53,7 @@ from schemas import WorkflowDefinition, WorkflowParameters, WorkflowStep
 
 INPUT_REFERENCE = re.compile(r"\{\{\s*inputs\.([A-Za-z0-9_.-]*?)\s*\}\}")
 INPUT_VARIABLE_PREFIX = "INPUT_"
-SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "busybox"})
+SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh"})
 # Interpreters and the options whose argument is code: inputs never go into code as text.
 CODE_OPTIONS: dict[str, frozenset[str]] = {
     "python": frozenset({"-c"}),
@@ -235,12 +235,14 @@ def substitute(text: str, inputs: dict[str, str], where: str, *, shell: bool = F
 def exec_arguments(run: list[str], inputs: dict[str, str], where: str) -> list[str]:
     """The exec form: a shell's script argument is a script (references, see ``substitute``);
     an interpreter's code argument may not use ``{{ inputs }}`` at all; every other argument
-    gets the value (one argv element, no shell)."""
-    code = _code_argument(run)
+    gets the value (one argv element, no shell). A shell or interpreter is recognised wherever
+    it stands in the arguments (``env sh -c``, ``timeout 10 python -c``...): reading too much
+    as code only costs a literal reference, reading too little would run input as code."""
+    code = _code_arguments(run)
     args = []
     for index, arg in enumerate(run):
-        if index == code and INPUT_REFERENCE.search(arg):
-            program = Path(run[0]).name
+        program = code.get(index)
+        if program is not None and INPUT_REFERENCE.search(arg):
             if program in SHELLS:
                 args.append(substitute(arg, inputs, where, shell=True))
                 continue
@@ -254,20 +256,25 @@ def exec_arguments(run: list[str], inputs: dict[str, str], where: str) -> list[s
     return args
 
 
-def _code_argument(run: list[str]) -> int | None:
-    """The index of the argument that a shell or an interpreter runs as code, if any."""
-    if not run:
-        return None
-    program = Path(run[0]).name
+def _code_arguments(run: list[str]) -> dict[int, str]:
+    """Index -> program, for each argument that a shell or an interpreter in ``run`` runs as code."""
+    found: dict[int, str] = {}
+    for start, word in enumerate(run):
+        program = Path(word).name
+        index = _code_argument(program, run[start + 1 :])
+        if index is not None:
+            found.setdefault(start + 1 + index, program)
+    return found
+
+
+def _code_argument(program: str, rest: list[str]) -> int | None:
+    """Which of ``rest`` (the arguments after ``program``) the program runs as code, if any."""
     family = re.sub(r"[0-9.]+$", "", program)  # python3.12 -> python
-    if program == "busybox":
-        inner = _code_argument(run[1:])
-        return None if inner is None else inner + 1
     if program in SHELLS:
         takes_script = False
-        i = 1
-        while i < len(run):
-            arg = run[i]
+        i = 0
+        while i < len(rest):
+            arg = rest[i]
             if arg in ("-o", "+o"):
                 i += 2
                 continue
@@ -278,14 +285,14 @@ def _code_argument(run: list[str]) -> int | None:
             return i if takes_script else None
         return None
     if family == "awk" or program in ("gawk", "mawk", "nawk"):
-        i = 1
-        while i < len(run) and run[i].startswith("-"):
-            i += 2 if run[i] in ("-f", "-v", "-F") else 1
-        return i if i < len(run) else None
+        i = 0
+        while i < len(rest) and rest[i].startswith("-"):
+            i += 2 if rest[i] in ("-f", "-v", "-F") else 1
+        return i if i < len(rest) else None
     options = CODE_OPTIONS.get(family)
     if not options:
         return None
-    for i, arg in enumerate(run[1:-1], start=1):
+    for i, arg in enumerate(rest[:-1]):
         if arg in options:
             return i + 1
     return None

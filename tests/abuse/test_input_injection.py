@@ -98,16 +98,19 @@ async def test_inputs_reach_every_step_as_variables_and_exec_arguments_as_values
         "args.yml",
         "image: alpine\nsteps:\n"
         "  - {name: a, run: [printf, '%s', '{{ inputs.file-name }}']}\n"
-        "  - {name: b, run: [bash, -euc, 'wc -c < {{ inputs.file-name }}', ignored]}\n",
+        "  - {name: b, run: [bash, -euc, 'wc -c < {{ inputs.file-name }}', ignored]}\n"
+        "  - {name: c, run: [env, LC_ALL=C, busybox, sh, -c, 'ls {{ inputs.file-name }}']}\n",
     )
     value = "$(touch /tmp/x) `id` 'q\""
     dagger_engine.on_exec(["bash"], ExecOutcome())
+    dagger_engine.on_exec(["env"], ExecOutcome())
     async with started(adapter_config(tmp_path)) as adapter:
         result = await adapter.execute(workflow_command(workflow_definition="args", inputs={"file-name": value}))
     assert result.success, result.error
     by_step = {r.args[0]: r for r in dagger_engine.execs}
     assert by_step["printf"].args == ["printf", "%s", value]  # one argv element, no shell
     assert by_step["bash"].args == ["bash", "-euc", 'wc -c < "${INPUT_FILE_NAME}"', "ignored"]
+    assert by_step["env"].args == ["env", "LC_ALL=C", "busybox", "sh", "-c", 'ls "${INPUT_FILE_NAME}"']
     assert all(r.env[input_variable("file-name")] == value for r in dagger_engine.execs)
 
 
@@ -119,6 +122,7 @@ async def test_inputs_reach_every_step_as_variables_and_exec_arguments_as_values
         ["node", "-e", "console.log('{{ inputs.name }}')"],
         ["perl", "-e", "print '{{ inputs.name }}'"],
         ["awk", 'BEGIN { print "{{ inputs.name }}" }'],
+        ["timeout", "60", "python3", "-c", "print('{{ inputs.name }}')"],
     ],
     ids=lambda run: run[0],
 )
