@@ -26,6 +26,7 @@ check still cannot redirect the write.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -186,12 +187,12 @@ class PathRules:
 def worker_code_paths() -> list[Path]:
     """Where the worker's own code lives (its packages, the Python installation): never
     written, never written over."""
-    import consumer
-    import schemas
-    import topology
-
-    own = [Path(m.__file__).parent for m in (consumer, schemas, topology) if m.__file__]
-    return [*own, Path(sys.prefix), Path(sys.base_prefix)]
+    own = [Path(sys.prefix), Path(sys.base_prefix)]
+    for package in ("consumer", "schemas", "topology"):  # found, not imported (topology means AMQP)
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            own.append(Path(spec.origin).parent)
+    return own
 
 
 def _refuse_parent_components(path: str, what: str) -> None:
