@@ -39,20 +39,27 @@ class ChainBuilder:
         self._pending.append((method, kwargs))
 
     async def step(self) -> None:
-        """Apply what is pending; sync once the chain since the last sync is a chunk long."""
+        """Apply what is pending once it would make the chain since the last sync a chunk long."""
         if self._depth + len(self._pending) >= self._chunk:
             await self.synced()
 
     async def synced(self) -> dagger.Container:
-        """The container with every call so far applied, evaluated, and loaded by its ID."""
-        await self._apply()
-        if self._depth:
-            self._ctr = await self._ctr.sync()
-            self._depth = 0
-        return self._ctr
-
-    async def _apply(self) -> None:
-        if self._pending:
-            calls, self._pending = self._pending, []
+        """The container with every call so far applied, evaluated, and loaded by its ID.
+        Pending calls are applied a chunk at a time, with a sync between chunks."""
+        pending, self._pending = self._pending, []
+        start = 0
+        while start < len(pending):
+            room = max(self._chunk - self._depth, 1)
+            calls = pending[start : start + room]
+            start += len(calls)
             self._ctr = await asyncio.to_thread(_apply, self._ctr, calls)
             self._depth += len(calls)
+            if start < len(pending):
+                await self._sync()
+        if self._depth:
+            await self._sync()
+        return self._ctr
+
+    async def _sync(self) -> None:
+        self._ctr = await self._ctr.sync()
+        self._depth = 0

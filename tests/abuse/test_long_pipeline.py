@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_adapter_support import adapter_config, pipeline_command, started
+from tests.test_adapter_support import adapter_config, pipeline_command, started, workflow_command
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -116,3 +116,26 @@ async def test_a_pipeline_of_the_longest_allowed_length_does_not_block_the_event
     # Building the chain costs the SDK about a millisecond per operation: on the loop, that was
     # a second here (13 s for 10,000 operations); in the builder's thread, ticks stay on time.
     assert worst_lag < 0.5, f"the event loop was blocked for {worst_lag:.2f} s"
+
+
+async def test_a_workflow_step_with_a_large_environment_is_built_in_chunks_too(
+    engine_process: None, tmp_path: Path
+) -> None:
+    # A workflow file's environment is not bounded by the message limits, and a step's chain
+    # is one call per variable: 600 calls would nest a query beyond the recursion limit.
+    workflow_env = {f"W{i}": f"w{i}" for i in range(400)}
+    command_env = {f"C{i}": f"c{i}" for i in range(200)}
+    async with started(adapter_config(tmp_path)) as adapter:
+        result = await adapter.execute(
+            workflow_command(
+                workflow_definition={
+                    "image": "alpine",
+                    "environment": workflow_env,
+                    "steps": [{"name": "s", "run": ["sh", "-c", "echo $W0 $W399 $C199"]}],
+                },
+                environment=command_env,
+            )
+        )
+    assert result.success, result.error
+    assert isinstance(result.result, dict)
+    assert result.result["steps"]["s"]["stdout"] == "w0 w399 c199\n"
