@@ -257,24 +257,29 @@ def exec_arguments(run: list[str], inputs: dict[str, str], where: str) -> list[s
 
 
 def _code_arguments(run: list[str]) -> dict[int, str]:
-    """Index -> program, for each argument that a shell or an interpreter in ``run`` runs as code."""
+    """Index -> program, for each argument that a shell or an interpreter in ``run`` runs as
+    code. Linear in ``len(run)``: a shell's options end at its first other argument (every
+    program word is one), an interpreter's code option is looked for among the next few."""
     found: dict[int, str] = {}
     for start, word in enumerate(run):
-        program = Path(word).name
-        index = _code_argument(program, run[start + 1 :])
+        program = word.rsplit("/", 1)[-1]
+        index = _code_argument(program, run, start + 1)
         if index is not None:
-            found.setdefault(start + 1 + index, program)
+            found.setdefault(index, program)
     return found
 
 
-def _code_argument(program: str, rest: list[str]) -> int | None:
-    """Which of ``rest`` (the arguments after ``program``) the program runs as code, if any."""
-    family = re.sub(r"[0-9.]+$", "", program)  # python3.12 -> python
+INTERPRETER_LOOKAHEAD = 8  # arguments after an interpreter searched for its code option
+
+
+def _code_argument(program: str, run: list[str], first: int) -> int | None:
+    """The index of the argument that ``program`` (whose arguments start at ``first``) runs as code."""
+    family = program.rstrip("0123456789.")  # python3.12 -> python
     if program in SHELLS:
         takes_script = False
-        i = 0
-        while i < len(rest):
-            arg = rest[i]
+        i = first
+        while i < len(run):
+            arg = run[i]
             if arg in ("-o", "+o"):
                 i += 2
                 continue
@@ -285,15 +290,15 @@ def _code_argument(program: str, rest: list[str]) -> int | None:
             return i if takes_script else None
         return None
     if family == "awk" or program in ("gawk", "mawk", "nawk"):
-        i = 0
-        while i < len(rest) and rest[i].startswith("-"):
-            i += 2 if rest[i] in ("-f", "-v", "-F") else 1
-        return i if i < len(rest) else None
+        i = first
+        while i < len(run) and i < first + INTERPRETER_LOOKAHEAD and run[i].startswith("-"):
+            i += 2 if run[i] in ("-f", "-v", "-F") else 1
+        return i if i < len(run) else None
     options = CODE_OPTIONS.get(family)
     if not options:
         return None
-    for i, arg in enumerate(rest[:-1]):
-        if arg in options:
+    for i in range(first, min(len(run) - 1, first + INTERPRETER_LOOKAHEAD)):
+        if run[i] in options:
             return i + 1
     return None
 
