@@ -301,12 +301,14 @@ async def _run_chain(plan: PipelinePlan, ctx: RunContext, result: dict[str, Any]
             await chain.step()
             if count in exports_after:
                 at[count] = await chain.synced()  # by ID: exporting it later evaluates nothing again
-        ctr = await chain.synced()
-        ran_exec = any(op.name == "with_exec" for op in plan.operations)
-        if ran_exec:
-            result["exit_code"] = await ctr.exit_code()
-            result["stdout"] = ctx.redact.tail(await ctr.stdout())
-            result["stderr"] = ctx.redact.tail(await ctr.stderr())
+        if any(op.name == "with_exec" for op in plan.operations):
+            output = await ctx.session.exec_output(await chain.applied())
+            ctr = output.container
+            result["exit_code"] = output.exit_code
+            result["stdout"] = ctx.redact.tail(output.stdout)
+            result["stderr"] = ctx.redact.tail(output.stderr)
+        else:
+            ctr = await chain.synced()
         exported = []
         for export in plan.exports:
             source = at[export.after]

@@ -82,7 +82,8 @@ async def run_measured(tmp_path: Path, length: int, *, trace: bool) -> tuple[flo
     """(peak traced MiB, worst event-loop lag s, result) of one pipeline of ``length``
     operations. Memory and lag are measured in separate runs: tracing slows every allocation,
     the thread's work included, and would inflate the lag."""
-    async with started(adapter_config(tmp_path)) as adapter:
+    # A deadline for a loaded machine: tracing slows every allocation several times over.
+    async with started(adapter_config(tmp_path, timeout_seconds=300)) as adapter:
         await adapter.probe()  # connect first: the connection's own allocations are not the chain's
         if trace:
             tracemalloc.start()
