@@ -17,7 +17,7 @@ from typing import Any
 
 import dagger
 
-CHUNK = 64  # calls per query: bounds the query's depth and the SDK's per-call copying
+CHUNK = 32  # calls per query: bounds the query's depth and the SDK's per-call copying
 INLINE_CALLS = 8  # so few calls are applied on the loop: a thread hop would cost more than they do
 
 Call = tuple[str, dict[str, Any]]  # (SDK Container method, keyword arguments)

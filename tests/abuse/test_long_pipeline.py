@@ -114,9 +114,11 @@ async def test_a_pipeline_of_the_longest_allowed_length_does_not_block_the_event
 ) -> None:
     _, worst_lag, result = await run_measured(tmp_path, LONG, trace=False)
     assert result["stdout"] == f"value 0 value {LONG - 3}\n"
-    # Building the chain costs the SDK about a millisecond per operation: on the loop, that was
-    # a second here (13 s for 10,000 operations); in the builder's thread, ticks stay on time.
-    assert worst_lag < 0.5, f"the event loop was blocked for {worst_lag:.2f} s"
+    # Building the chain costs the SDK 1-5 ms per operation: on the loop, that was 1.4 s and
+    # more here (13 s for 10,000 operations). In the builder's thread, what is left on the loop
+    # is the SDK serializing one chunk's query (tens of ms); the bound leaves room for a
+    # machine so loaded that the loop waits for a CPU.
+    assert worst_lag < 1.0, f"the event loop was blocked for {worst_lag:.2f} s"
 
 
 async def test_a_workflow_step_with_a_large_environment_is_built_in_chunks_too(
