@@ -207,7 +207,7 @@ def plan_pipeline(params: PipelineParameters, rules: PathRules) -> PipelinePlan:
     return plan
 
 
-@functools.cache
+@functools.cache  # the SDK's signatures do not change; inspecting one costs more than the rest of planning
 def _required(method: str) -> tuple[str, ...]:
     signature = inspect.signature(getattr(dagger.Container, method))
     return tuple(
