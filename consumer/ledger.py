@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import uuid
 from types import TracebackType
 
@@ -54,6 +55,9 @@ class StoredOutcome(msgspec.Struct, kw_only=True):
     published: bool = False
     # The replay id of the message that produced the outcome (see ``schemas.headers.REPLAY_ID``).
     replay_id: str | None = None
+    # What the command asked for (``schemas.fingerprint``): the stored result answers only a
+    # command with the same fingerprint; a task id reused for another command gets nothing of it.
+    fingerprint: str | None = None
 
 
 class Ledger:
@@ -99,6 +103,16 @@ class Ledger:
 
     async def mark_published(self, outcome: StoredOutcome) -> None:
         await self.record(msgspec.structs.replace(outcome, published=True))
+
+    async def attempts_key(self) -> bytes:
+        """The deployment's key for sealing attempt counts (``consumer.attempts``): created by
+        the first worker that asks, the same for every worker of the namespace afterwards."""
+        key = self._key("secret", "attempts")
+        await self._client.set(key, secrets.token_hex(32), nx=True)
+        value = await self._client.get(key)
+        if not value:
+            raise RuntimeError("the attempts key vanished from Valkey as it was created")
+        return bytes(value)
 
     # --- leases ---
     async def try_lease(self, task_id: str, owner: str) -> Lease | None:
