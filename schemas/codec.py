@@ -42,9 +42,7 @@ def decode(data: bytes | str, cls: type[T]) -> T:
         raise InvalidMessage(f"not a valid {cls.__name__}: {exc}", task_id=_peek_task_id(data)) from None
 
 
-def decode_command(
-    data: bytes | str, limits: Limits = DEFAULT_LIMITS
-) -> tuple[ExecutionCommand, ExecutionParameters]:
+def decode_command(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> tuple[ExecutionCommand, ExecutionParameters]:
     """Check the ``limits``, decode and fully validate a command, its parameters included.
 
     Raises ``InvalidMessage`` and nothing else, whatever ``data`` is: a message that cannot be
@@ -63,9 +61,7 @@ def decode_command(
         exc.task_id = command.task_id
         raise
     except Exception as exc:
-        raise InvalidMessage(
-            f"invalid parameters: {type(exc).__name__}: {exc}", task_id=command.task_id
-        ) from None
+        raise InvalidMessage(f"invalid parameters: {type(exc).__name__}: {exc}", task_id=command.task_id) from None
 
 
 def fingerprint(command: ExecutionCommand, params: ExecutionParameters) -> str:

@@ -79,14 +79,18 @@ def check_message(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> bytes:
 # --- after decoding the envelope, before validating the parameters ----------------------------
 
 
-def check_parameters(execution_type: ExecutionType, parameters: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> None:
+def check_parameters(
+    execution_type: ExecutionType, parameters: dict[str, Any], limits: Limits = DEFAULT_LIMITS
+) -> None:
     """Counts and sizes of a command's parameters, read from the decoded (not yet validated)
     mapping: a value of the wrong type is left to the validation that follows."""
     if execution_type is ExecutionType.DAGGER_PIPELINE:
         pipeline = parameters.get("pipeline")
         if isinstance(pipeline, list) and len(pipeline) > limits.max_pipeline_operations:
             raise LimitExceeded(
-                f"the pipeline has {len(pipeline)} operations", "max_pipeline_operations", limits.max_pipeline_operations
+                f"the pipeline has {len(pipeline)} operations",
+                "max_pipeline_operations",
+                limits.max_pipeline_operations,
             )
     environments: list[Any] = [parameters.get("environment"), parameters.get("inputs")]
     workflow = parameters.get("workflow_definition")
