@@ -5,17 +5,28 @@ event loop responsive."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from hypothesis import settings
 
 from tests.abuse.expect import Broker
 from tests.test_worker import start_worker, worker_log
 from topology import Topology
 
-__all__ = ["LoopLag", "broker", "loop_lag", "start_worker", "worker_log"]
+__all__ = ["FUZZ_WORKER_SAMPLE", "LoopLag", "broker", "loop_lag", "start_worker", "worker_log"]
+
+# Hypothesis profiles: "ci" runs in the default suite, "fuzz" is `just fuzz`
+# (HYPOTHESIS_PROFILE=fuzz). No deadline: the machine is shared and noisy.
+settings.register_profile("ci", max_examples=60, deadline=None)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+# How many generated messages go through a real worker.
+FUZZ_WORKER_SAMPLE = 400 if PROFILE == "fuzz" else 30
 
 
 class LoopLag:
