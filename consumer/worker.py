@@ -444,21 +444,21 @@ class Worker:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         delivery = Delivery.of(message, self._seal)
         try:
-            # Limits first, then decoding; only InvalidMessage comes out of here.
+            # Limits first, then decoding; only InvalidMessage comes out of decode_command.
             command, params = decode_command(message.body, self.limits)
             if command.reply_to is not None:
                 problem = self.spec.reply_to_problem(command.reply_to)
                 if problem is not None:
                     raise InvalidMessage(f"reply_to: {problem}", task_id=command.task_id)
-        except InvalidMessage as exc:
-            with task_context(exc.task_id, delivery.attempt):
-                await self._guarded(delivery, self._reject_invalid(delivery, exc))
+            command_fingerprint = fingerprint(command, params)
+        except Exception as exc:  # whatever reading the message raises, it ends settled
+            invalid = exc if isinstance(exc, InvalidMessage) else InvalidMessage(f"unreadable message: {exc!r}")
+            with task_context(invalid.task_id, delivery.attempt):
+                await self._guarded(delivery, self._reject_invalid(delivery, invalid))
             return
         # Every log line about this message names its task, the failure paths' included.
         with task_context(command.task_id, delivery.attempt):
-            await self._guarded(
-                delivery, self._process(delivery, command, params.enable_retry, fingerprint(command, params))
-            )
+            await self._guarded(delivery, self._process(delivery, command, params.enable_retry, command_fingerprint))
 
     async def _guarded(self, delivery: Delivery, handling: Awaitable[None]) -> None:
         """Run ``handling``; a message it could not settle goes back to the queue, never dropped."""
