@@ -22,7 +22,7 @@ __all__ = ["FUZZ_WORKER_SAMPLE", "LoopLag", "broker", "loop_lag", "start_worker"
 # Hypothesis profiles: "ci" runs in the default suite, "fuzz" is `just fuzz`
 # (HYPOTHESIS_PROFILE=fuzz). No deadline: the machine is shared and noisy.
 settings.register_profile("ci", max_examples=60, deadline=None)
-settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.register_profile("fuzz", max_examples=5_000, deadline=None)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
 # How many generated messages go through a real worker.
