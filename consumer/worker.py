@@ -20,12 +20,18 @@ task already finished -> lease (a task running elsewhere is postponed, not start
 final failure is recorded in the ledger, published (dead letter, result, reply) and only then acked;
 a retryable failure goes to a delayed retry queue carrying the attempt count. Every publish is
 confirmed by the broker; a message is acked only after its outcome is out.
+
+What happens to a delivery (finish, retry after N s, postpone, put back; what the ledger's record
+means for it) is decided in ``consumer.decisions`` from plain values; ``Worker._carry_out`` makes
+the AMQP calls that carry the decision out. An outcome is recorded only as the task's first, under
+the lease's fencing token (``consumer.ledger``): a worker whose lease was taken over publishes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -50,8 +56,22 @@ from valkey.exceptions import ValkeyError
 from consumer.attempts import SEAL, AttemptSeal
 from consumer.broker import BrokerUnavailable, connect_broker
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
+from consumer.decisions import (
+    PUT_BACK_DELAY_SECONDS,
+    Disposition,
+    Finish,
+    LedgerAnswer,
+    Postpone,
+    PutBack,
+    Retry,
+    after_attempt,
+    answer_from_ledger,
+    leased_elsewhere,
+    open_circuit,
+    replaced_by_replay,
+)
 from consumer.health import write_health_file
-from consumer.ledger import Ledger, StoredOutcome
+from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import task_context, worker_id_var
 from schemas import (
     CONTENT_TYPE,
@@ -68,11 +88,12 @@ from schemas import (
     encode,
     fingerprint,
     peek,
+    result_message_id,
     utcnow,
 )
 from schemas import headers as h
 from schemas.messages import MAX_TASK_ID_LENGTH, is_identifier
-from topology import DeclaredTopology, declare
+from topology.declaring import DeclaredTopology, declare
 from topology.spec import RETRY_ROUTING_PREFIX, UNKNOWN_EXECUTION_TYPE
 
 if TYPE_CHECKING:
@@ -86,11 +107,7 @@ PUBLISH_PATIENCE_SECONDS = 60.0
 STATUS_PATIENCE_SECONDS = 10.0
 # After the drain timeout, how long cancelled executions get to requeue their commands.
 SETTLE_GRACE_SECONDS = 10.0
-# A command we could not handle (Valkey down, a defect) waits this long before it is looked at again.
-REQUEUE_DELAY_SECONDS = 1.0
 VALKEY_PROBE_SECONDS = 1.0
-# The shortest wait before a postponed command (task leased elsewhere, circuit open) is looked at again.
-MIN_POSTPONE_SECONDS = 0.2
 
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
@@ -127,7 +144,11 @@ class Delivery:
     attempts_before: int  # attempts already made (a sealed ``x-attempts``; 0 for a fresh command)
     message_id: str | None
     replay_id: str | None
+    # Standard AMQP request/reply properties; they win over the command's body fields.
+    reply_to: str | None = None
+    correlation_id: str | None = None
     returned: int = 0  # times the broker got this message back before (``x-delivery-count``)
+    fingerprint: str | None = None  # of the command, once decoded (``schemas.fingerprint``)
 
     @classmethod
     def of(cls, message: AbstractIncomingMessage, seal: AttemptSeal | None = None) -> Delivery:
@@ -140,6 +161,8 @@ class Delivery:
             attempts_before=seal.attempts_before(message.body, headers) if seal is not None else 0,
             message_id=message.message_id,
             replay_id=replay.decode() if isinstance(replay, bytes) else (str(replay) if replay else None),
+            reply_to=_short_text(message.reply_to),
+            correlation_id=_short_text(message.correlation_id),
             returned=returned if isinstance(returned, int) and returned > 0 else 0,
         )
 
@@ -165,7 +188,7 @@ class Worker:
         self.worker_id = config.worker_id
         self.capacity = config.max_concurrent_executions
         self.limits = config.limits
-        self._seal: AttemptSeal | None = None
+        self._seal: AttemptSeal | None = None  # from Valkey, once it answers
 
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -182,6 +205,7 @@ class Worker:
         self._topology: DeclaredTopology | None = None
         self._consume_channel: AbstractRobustChannel | None = None
         self._reply_channel: AbstractRobustChannel | None = None
+        self._status_exchange: AbstractExchange | None = None
         self._queue: AbstractRobustQueue | None = None
         self._ledger: Ledger | None = None
 
@@ -225,6 +249,11 @@ class Worker:
         )
         # Replies go through the default exchange, on a confirming channel of their own.
         self._reply_channel = await self._connection.channel()
+        # Status events and heartbeats are informational: published on a channel without
+        # publisher confirms, so no command waits for a confirm of its own progress report
+        # (one may be lost if the broker fails at that moment; results and retries never are).
+        status_channel = await self._connection.channel(publisher_confirms=False)
+        self._status_exchange = await status_channel.get_exchange(self.spec.status_exchange, ensure=False)
 
         await self.adapter.initialize()
         valkey_url = self.adapter.valkey_url or self.config.valkey_url
@@ -237,16 +266,25 @@ class Worker:
             valkey_url,
             namespace=self.spec.prefix,
             lease_seconds=self.config.lease_seconds,
-            outcome_ttl_seconds=max(self.config.cache_ttl_seconds, 86400),
+            outcome_ttl_seconds=self.config.idempotency_ttl_seconds,
         )
-        try:
-            await self._ledger.ping()
-            self._seal = AttemptSeal(await self._ledger.attempts_key(), self.config.max_retries)
-        except ValkeyError as exc:
-            raise StartupFailed(f"cannot reach Valkey at {redact_url(valkey_url)}: {exc}") from None
         self.adapter.add_circuit_listener(self._on_circuit_change)
 
         start_up_pause: list[asyncio.Task[None]] = []
+        try:
+            await self._valkey_answers()
+        except ValkeyError as exc:
+            # Like a missing engine: stay up (not ready), consume once Valkey answers.
+            log.warning(
+                "Valkey at %s not reachable at start-up (%s): not consuming until it is", redact_url(valkey_url), exc
+            )
+            start_up_pause.append(
+                asyncio.create_task(
+                    self._pause_until("valkey", self._valkey_answers, VALKEY_PROBE_SECONDS),
+                    name="valkey-start-up-pause",
+                )
+            )
+            await asyncio.sleep(0)
         if not self.adapter.get_status().engine_connected:
             # No engine yet: wait for one instead of spending every command's attempts (and the
             # breaker's threshold) on it. The pause registers itself before its first await, so
@@ -397,15 +435,16 @@ class Worker:
         commands through the queue (where the delivery limit would dead-letter them)."""
         if "valkey" not in self._paused_for and self._ledger is not None:
             log.warning("Valkey error: %s", exc)
-            ledger = self._ledger
-
-            async def valkey_answers() -> bool:
-                await ledger.ping()
-                return True
-
             with task_context(None):  # the pause is the worker's, not the task's that ran into it
-                pause = asyncio.create_task(self._pause_until("valkey", valkey_answers, VALKEY_PROBE_SECONDS))
+                pause = asyncio.create_task(self._pause_until("valkey", self._valkey_answers, VALKEY_PROBE_SECONDS))
             self._background.append(pause)
+
+    async def _valkey_answers(self) -> bool:
+        ledger = self._require_ledger()
+        await ledger.ping()
+        if self._seal is None:  # needed before the first command is read: consuming waits for it
+            self._seal = AttemptSeal(await ledger.attempts_key(), self.config.max_retries)
+        return True
 
     # ================================================================ heartbeat
 
@@ -431,7 +470,7 @@ class Worker:
                 log.warning("health file %s not written: %s", self.config.health_file, exc)
         try:
             await self._publish(
-                self._exchanges.status,
+                self._status_events,
                 self.spec.heartbeat_routing_key,
                 self._message(encode(beat)),
                 patience=0,
@@ -446,11 +485,11 @@ class Worker:
         try:
             # Limits first, then decoding; only InvalidMessage comes out of decode_command.
             command, params = decode_command(message.body, self.limits)
-            if command.reply_to is not None:
-                problem = self.spec.reply_to_problem(command.reply_to)
-                if problem is not None:
-                    raise InvalidMessage(f"reply_to: {problem}", task_id=command.task_id)
-            command_fingerprint = fingerprint(command, params)
+            reply_to = delivery.reply_to or command.reply_to
+            problem = self.spec.reply_to_problem(reply_to) if reply_to is not None else None
+            if problem is not None:
+                raise InvalidMessage(f"reply_to: {problem}", task_id=command.task_id)
+            delivery = dataclasses.replace(delivery, fingerprint=fingerprint(command, params))
         except Exception as exc:  # whatever reading the message raises, it ends settled
             invalid = exc if isinstance(exc, InvalidMessage) else InvalidMessage(f"unreadable message: {exc!r}")
             with task_context(invalid.task_id, delivery.attempt):
@@ -458,7 +497,7 @@ class Worker:
             return
         # Every log line about this message names its task, the failure paths' included.
         with task_context(command.task_id, delivery.attempt):
-            await self._guarded(delivery, self._process(delivery, command, params.enable_retry, command_fingerprint))
+            await self._guarded(delivery, self._process(delivery, command, params.enable_retry))
 
     async def _guarded(self, delivery: Delivery, handling: Awaitable[None]) -> None:
         """Run ``handling``; a message it could not settle goes back to the queue, never dropped."""
@@ -485,7 +524,7 @@ class Worker:
         if delivery.returned >= self.config.delivery_limit:
             await self._give_up(delivery, f"{why}; gave up after {delivery.returned + 1} deliveries")
             return
-        await asyncio.sleep(REQUEUE_DELAY_SECONDS)
+        await asyncio.sleep(PUT_BACK_DELAY_SECONDS)
         await self._settle(delivery, requeue=True)
 
     async def _give_up(self, delivery: Delivery, why: str, category: ErrorCategory = ErrorCategory.PERMANENT) -> None:
@@ -506,52 +545,86 @@ class Worker:
             )
         except Exception as exc:  # the broker is gone: it redelivers the message later
             log.warning("could not dead-letter the command (%s); requeueing it", exc)
-            await asyncio.sleep(REQUEUE_DELAY_SECONDS)
+            await asyncio.sleep(PUT_BACK_DELAY_SECONDS)
             await self._settle(delivery, requeue=True)
             return
         await self._settle(delivery)
 
     async def _put_back(self, delivery: Delivery, why: str) -> None:
-        """The command goes back to the queue as the same attempt, through a retry tier: a requeue
-        would count a delivery, and the delivery limit would dead-letter a command that was only
-        interrupted (Valkey down, a drain, rolling restarts)."""
-        try:
-            await self._send_to_retry(delivery, REQUEUE_DELAY_SECONDS, attempts=delivery.attempts_before)
-            log.info("command put back: %s", why)
-            await self._settle(delivery)
-        except Exception as exc:
-            log.warning("could not put the command back (%s); requeueing it", exc)
-            await self._requeue(delivery, f"it could not be put back ({exc})")
+        await self._carry_out(delivery, None, PutBack(why))
 
-    async def _process(
-        self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool, fingerprint: str
-    ) -> None:
+    async def _process(self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool) -> None:
         await self._status(command, TaskState.RECEIVED, delivery.attempt)
-        if await self._answer_from_ledger(delivery, command, leased=False, fingerprint=fingerprint):
+        if await self._answer_from_ledger(delivery, command, leased=False):
             return
         if self._stopping:
-            await self._put_back(delivery, "the worker is stopping")
+            await self._carry_out(delivery, command, PutBack("the worker is stopping"))
             return
         async with self._slots:
             if self._stopping:
-                await self._put_back(delivery, "the worker is stopping")
+                await self._carry_out(delivery, command, PutBack("the worker is stopping"))
                 return
-            lease = await self._require_ledger().try_lease(command.task_id, self.worker_id)
+            ledger = self._require_ledger()
+            lease = await ledger.try_lease(command.task_id, self.worker_id)
             if lease is None:
-                await self._postpone_leased(delivery, command)
+                log.info("task is running elsewhere", extra={"holder": await ledger.lease_holder(command.task_id)})
+                await self._carry_out(
+                    delivery, command, leased_elsewhere(await ledger.lease_remaining(command.task_id))
+                )
                 return
             async with lease:
                 # Finished by someone else between our first look and our lease?
-                if await self._answer_from_ledger(delivery, command, leased=True, fingerprint=fingerprint):
+                if await self._answer_from_ledger(delivery, command, leased=True):
                     return
                 if self.adapter.circuit_state == "open":
-                    await self._postpone_open_circuit(delivery, command)
+                    await self._carry_out(delivery, command, open_circuit(self.config.breaker_reset_seconds))
                     return
                 result = await self._execute(command, delivery)
                 if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
-                    await self._put_back(delivery, "cancelled by the drain timeout")
+                    await self._carry_out(delivery, command, PutBack("cancelled by the drain timeout"))
                     return
-                await self._route(delivery, command, result, enable_retry=enable_retry, fingerprint=fingerprint)
+                disposition = after_attempt(
+                    result,
+                    attempt=delivery.attempt,
+                    policy=self.adapter.retry_policy,
+                    enable_retry=enable_retry,
+                    breaker_reset_seconds=self.config.breaker_reset_seconds,
+                )
+                await self._carry_out(delivery, command, disposition, lease=lease)
+
+    async def _carry_out(
+        self,
+        delivery: Delivery,
+        command: ExecutionCommand | None,
+        disposition: Disposition,
+        *,
+        lease: Lease | None = None,
+    ) -> None:
+        """The AMQP side of a decision (``consumer.decisions``); the message is settled last."""
+        match disposition:
+            case Finish(result=result):
+                assert command is not None and lease is not None
+                await self._finish(delivery, command, result, lease)
+            case Retry(delay_seconds=delay, attempts=attempts, detail=detail):
+                assert command is not None
+                await self._send_to_retry(delivery, delay, attempts=attempts)
+                await self._status(command, TaskState.RETRYING, delivery.attempt, detail=detail)
+                log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": detail})
+                await self._settle(delivery)
+            case Postpone(delay_seconds=delay, why=why, status_detail=status_detail):
+                await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                if status_detail is not None and command is not None:
+                    await self._status(command, TaskState.RETRYING, delivery.attempt, detail=status_detail)
+                log.info("postponed: %s", why, extra={"delay_s": round(delay, 3)})
+                await self._settle(delivery)
+            case PutBack(why=why, delay_seconds=delay):
+                try:
+                    await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                    log.info("command put back: %s", why)
+                    await self._settle(delivery)
+                except Exception as exc:
+                    log.warning("could not put the command back (%s); requeueing it", exc)
+                    await self._requeue(delivery, f"it could not be put back ({exc})")
 
     async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
         """One attempt through the adapter, with ``heartbeat`` status events while it runs.
@@ -593,54 +666,44 @@ class Worker:
             await asyncio.sleep(self.config.heartbeat_interval_seconds)
             await self._status(command, TaskState.HEARTBEAT, attempt)
 
-    async def _route(
-        self,
-        delivery: Delivery,
-        command: ExecutionCommand,
-        result: ExecutionResult,
-        *,
-        enable_retry: bool,
-        fingerprint: str | None = None,
-    ) -> None:
-        if result.success:
-            await self._finish(delivery, command, result, fingerprint)
-            return
-        if _failed_fast_on_open_circuit(result):
-            # The engine was never tried: not an attempt.
-            await self._postpone_open_circuit(delivery, command)
-            return
-        policy = self.adapter.retry_policy
-        if policy.should_retry(result.error_category, delivery.attempt, enabled=enable_retry):
-            await self._retry(delivery, command, result)
-            return
-        if enable_retry and policy.is_retryable(result.error_category):
-            result = msgspec.structs.replace(
-                result, error=f"{result.error} (gave up after {delivery.attempt} attempts)"
-            )
-        await self._finish(delivery, command, result, fingerprint)
-
     # ================================================================ outcomes
 
     async def _finish(
-        self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult, fingerprint: str | None = None
+        self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult, lease: Lease
     ) -> None:
         """A final outcome: recorded (so a copy of the command is answered, not run again), published,
-        then acked."""
-        outcome = StoredOutcome(
-            result=result, message_id=delivery.message_id, replay_id=delivery.replay_id, fingerprint=fingerprint
-        )
+        then acked. Recorded only as the task's first final outcome and under our lease's fence;
+        otherwise nothing of ours is published: a task has one result, fleet-wide."""
         ledger = self._require_ledger()
-        earlier = await ledger.outcome(command.task_id)
-        if earlier is not None and not _replaced_by(earlier, delivery):
+        if lease.lost:
+            # Whether another worker took the task over meanwhile is for the fence to say: if none
+            # did, ours is still the only run and its outcome stands.
+            log.warning("the task lease lapsed while the task ran; recording only if no one took it over")
+        outcome = StoredOutcome(
+            result=result,
+            message_id=delivery.message_id,
+            replay_id=delivery.replay_id,
+            fingerprint=delivery.fingerprint,
+        )
+        verdict, _standing = await ledger.record_first(outcome, fence=lease.fence)
+        if verdict is Recorded.EXISTS:
             # Another worker finished this task while we ran it: our lease lapsed (a stall longer
             # than the lease) and it took the task over. The first outcome stands; publishing ours
             # too would give the task two results.
             log.warning("another worker finished this task first; its outcome stands and ours is not published")
             await self._settle(delivery)
             return
-        await ledger.record(outcome)
+        if verdict is Recorded.FENCED:
+            log.warning("another worker took the task over (our lease lapsed); our outcome is not published")
+            await self._carry_out(delivery, command, leased_elsewhere(await ledger.lease_remaining(command.task_id)))
+            return
         await self._publish_outcome(delivery, command, outcome)
-        await ledger.mark_published(outcome)
+        try:
+            await ledger.mark_published(outcome)
+        except ValkeyError as exc:
+            # The outcome is out: acking is right. A redelivered copy would publish it again.
+            log.warning("outcome published but not marked so in Valkey (%s); acking anyway", exc)
+            await self._ledger_failed(exc)
         await self._settle(delivery)
 
     async def _publish_outcome(self, delivery: Delivery, command: ExecutionCommand, outcome: StoredOutcome) -> None:
@@ -659,7 +722,9 @@ class Worker:
                 ),
                 routing_key=self._dead_letter_routing_key(delivery, command.execution_type.value),
             )
-        await self._publish_result(result, command.execution_type.value, command.reply_to, command.correlation_id)
+        await self._publish_result(
+            result, command.execution_type.value, *self._reply_of(delivery, command), outcome.replay_id
+        )
         if result.success:
             await self._status(command, TaskState.SUCCEEDED, result.attempts)
         else:
@@ -667,43 +732,43 @@ class Worker:
             await self._status(command, TaskState.DEAD_LETTERED, result.attempts, detail=result.error)
         log.info("outcome published", extra={"outcome": result.outcome.value})
 
-    async def _answer_from_ledger(
-        self, delivery: Delivery, command: ExecutionCommand, *, leased: bool, fingerprint: str | None = None
-    ) -> bool:
+    async def _answer_from_ledger(self, delivery: Delivery, command: ExecutionCommand, *, leased: bool) -> bool:
         """True when the task already has an outcome and this delivery is settled from it.
 
         An outcome recorded but not yet published for this very message is finished only under
-        the task's lease: without it, the handler that recorded it may still be publishing.
-        A command that reuses the task id of another (a different fingerprint) is refused."""
+        the task's lease: without it, the handler that recorded it may still be publishing."""
         stored = await self._require_ledger().outcome(command.task_id)
-        if stored is None:
-            return False
-        if stored.fingerprint is not None and fingerprint is not None and stored.fingerprint != fingerprint:
+        answer = answer_from_ledger(
+            stored,
+            message_id=delivery.message_id,
+            replay_id=delivery.replay_id,
+            leased=leased,
+            fingerprint=delivery.fingerprint,
+        )
+        if answer is LedgerAnswer.REFUSE_REUSED:
             await self._refuse_reused_task_id(delivery, command)
             return True
-        if _replaced_by(stored, delivery):
-            log.info("replay of a failed task: running it again")
+        if answer is LedgerAnswer.RUN or stored is None:
+            if stored is not None and replaced_by_replay(stored, delivery.replay_id):
+                log.info("replay of a failed task: running it again")
             return False
-        same_message = delivery.message_id is not None and delivery.message_id == stored.message_id
-        if same_message and stored.published:
+        if answer is LedgerAnswer.ACK:
             log.info("redelivered command whose outcome was already published; acking it")
-        elif same_message:
-            if not leased:
-                return False
+        elif answer is LedgerAnswer.PUBLISH_RECORDED:
             log.info("outcome recorded but not published (worker died or lost the broker); publishing it")
             await self._publish_outcome(delivery, command, stored)
             await self._require_ledger().mark_published(stored)
         else:
             log.info("duplicate of a finished task: republishing its stored result")
             await self._publish_result(
-                stored.result, command.execution_type.value, command.reply_to, command.correlation_id
+                stored.result, command.execution_type.value, *self._reply_of(delivery, command), stored.replay_id
             )
         await self._settle(delivery)
         return True
 
     async def _refuse_reused_task_id(self, delivery: Delivery, command: ExecutionCommand) -> None:
         """The task id has an outcome of another command: dead-letter this one as invalid and
-        answer its sender (its reply_to only) with a failure that carries nothing of the other.
+        answer its sender (its reply queue only) with a failure that carries nothing of the other.
         Nothing goes to the results exchange or the status events: those speak for the task
         that really has this id, and must not contradict its result."""
         reason = "task_id reused with different parameters"
@@ -720,7 +785,8 @@ class Worker:
             ),
             routing_key=self._dead_letter_routing_key(delivery, command.execution_type.value),
         )
-        if command.reply_to:
+        reply_to, correlation_id = self._reply_of(delivery, command)
+        if reply_to:
             now = utcnow()
             refusal = ExecutionResult(
                 task_id=command.task_id,
@@ -733,7 +799,10 @@ class Worker:
                 finished_at=now,
                 execution_type=command.execution_type,
             )
-            await self._publish_reply(refusal, command.reply_to, command.correlation_id)
+            # Its own message id: it is not a copy of the task's result.
+            await self._publish_reply(
+                encode(refusal), refusal.task_id, reply_to, correlation_id, f"refused:{delivery.message_id}"
+            )
         await self._settle(delivery)
 
     async def _reject_invalid(self, delivery: Delivery, exc: InvalidMessage) -> None:
@@ -746,9 +815,6 @@ class Worker:
         fields = peek(delivery.message.body, self.limits)
         peeked_type = _text_field(fields, "execution_type")
         execution_type = peeked_type if peeked_type in _KNOWN_TYPES else UNKNOWN_EXECUTION_TYPE
-        reply_to = _text_field(fields, "reply_to")
-        if reply_to is not None and self.spec.reply_to_problem(reply_to) is not None:
-            reply_to = None
         await self._dead_letter(
             delivery,
             DeadLetterHeaders(
@@ -773,7 +839,13 @@ class Worker:
                 started_at=now,
                 finished_at=now,
             )
-            await self._publish_result(result, execution_type, reply_to, _text_field(fields, "correlation_id"))
+            await self._publish_result(
+                result,
+                execution_type,
+                delivery.reply_to or _text_field(fields, "reply_to"),
+                delivery.correlation_id or _text_field(fields, "correlation_id"),
+                delivery.replay_id,
+            )
             await self._status_event(
                 StatusEvent(
                     task_id=task_id,
@@ -786,35 +858,6 @@ class Worker:
         await self._settle(delivery)
 
     # ================================================================ retries and postponing
-
-    async def _retry(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
-        delay = self.adapter.retry_policy.delay_for(delivery.attempt)
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempt)
-        await self._status(
-            command,
-            TaskState.RETRYING,
-            delivery.attempt,
-            detail=f"{result.error_category.value if result.error_category else 'failed'}: {result.error}; "
-            f"retry {delivery.attempt} of {self.adapter.retry_policy.max_retries} in {delay:.1f} s",
-        )
-        log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": result.error})
-        await self._settle(delivery)
-
-    async def _postpone_leased(self, delivery: Delivery, command: ExecutionCommand) -> None:
-        """The task runs on a worker holding its lease: look again when that lease could have run out."""
-        ledger = self._require_ledger()
-        delay = max(MIN_POSTPONE_SECONDS, await ledger.lease_remaining(command.task_id))
-        log.info("task is running elsewhere; postponed", extra={"holder": await ledger.lease_holder(command.task_id)})
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
-        await self._settle(delivery)
-
-    async def _postpone_open_circuit(self, delivery: Delivery, command: ExecutionCommand) -> None:
-        delay = max(MIN_POSTPONE_SECONDS, self.config.breaker_reset_seconds)
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
-        await self._status(
-            command, TaskState.RETRYING, delivery.attempt, detail="engine unavailable (circuit open); not an attempt"
-        )
-        await self._settle(delivery)
 
     async def _send_to_retry(self, delivery: Delivery, delay: float, *, attempts: int) -> None:
         """Back to the tasks queue after ``delay`` seconds, through the smallest retry tier that
@@ -844,6 +887,12 @@ class Worker:
         if self._topology is None:
             raise RuntimeError("the worker has not started")
         return self._topology
+
+    @property
+    def _status_events(self) -> AbstractExchange:
+        if self._status_exchange is None:
+            raise RuntimeError("the worker has not started")
+        return self._status_exchange
 
     @property
     def _reply_exchange(self) -> AbstractExchange:
@@ -894,34 +943,45 @@ class Worker:
         if not await self._publish(exchange, routing_key, message, mandatory=True):
             raise Unroutable(f"no queue is bound to {exchange.name!r} for {routing_key!r}; the command stays queued")
 
+    @staticmethod
+    def _reply_of(delivery: Delivery, command: ExecutionCommand) -> tuple[str | None, str | None]:
+        """Where the reply goes and its correlation id: the AMQP properties (what every AMQP client
+        sets) win over the command's body fields (for clients that cannot set properties)."""
+        return delivery.reply_to or command.reply_to, delivery.correlation_id or command.correlation_id
+
     async def _publish_result(
-        self, result: ExecutionResult, execution_type: str, reply_to: str | None, correlation_id: str | None
+        self,
+        result: ExecutionResult,
+        execution_type: str,
+        reply_to: str | None,
+        correlation_id: str | None,
+        replay_id: str | None,
     ) -> None:
         body = encode(result)
         correlation = correlation_id or result.task_id
         headers = {h.TASK_ID: result.task_id}
+        # Every copy of this result carries the same id: a consumer recognises a repeated publish.
+        message_id = result_message_id(result.task_id, result.attempts, replay_id)
         await self._publish(
             self._exchanges.results,
             self.spec.result_routing_key(execution_type, result.outcome.value),
-            self._message(body, correlation_id=correlation, headers=headers),
+            self._message(body, correlation_id=correlation, headers=headers, message_id=message_id),
         )
         if reply_to:
-            await self._publish_reply(result, reply_to, correlation_id, body=body)
+            await self._publish_reply(body, result.task_id, reply_to, correlation_id, message_id)
 
     async def _publish_reply(
-        self, result: ExecutionResult, reply_to: str, correlation_id: str | None, *, body: bytes | None = None
+        self, body: bytes, task_id: str, reply_to: str, correlation_id: str | None, message_id: str
     ) -> None:
         problem = self.spec.reply_to_problem(reply_to)
-        if problem is not None:  # checked when the command came in; this is the last line
+        if problem is not None:  # refused when the command came in; this is the last line
             log.warning("reply not sent: %s", problem)
             return
         delivered = await self._publish(
             self._reply_exchange,
             reply_to,
             self._message(
-                encode(result) if body is None else body,
-                correlation_id=correlation_id or result.task_id,
-                headers={h.TASK_ID: result.task_id},
+                body, correlation_id=correlation_id or task_id, headers={h.TASK_ID: task_id}, message_id=message_id
             ),
             mandatory=True,
         )
@@ -960,7 +1020,7 @@ class Worker:
         """Status events are informational: one that cannot be published is logged, never fatal."""
         try:
             await self._publish(
-                self._exchanges.status,
+                self._status_events,
                 self.spec.status_routing_key(event.state.value),
                 self._message(encode(event), headers={h.TASK_ID: event.task_id}),
                 patience=STATUS_PATIENCE_SECONDS,
@@ -996,20 +1056,19 @@ def _is_being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _replaced_by(stored: StoredOutcome, delivery: Delivery) -> bool:
-    """A stored failure gives way to a replay of its task (a new ``x-replay-id``)."""
-    return not stored.result.success and delivery.replay_id is not None and delivery.replay_id != stored.replay_id
+def _text_field(fields: dict[str, Any], name: str) -> str | None:
+    """A field of a rejected message, if it is a well-formed identifier (AMQP-sized, printable)."""
+    return _short_text(fields.get(name))
 
 
-def _failed_fast_on_open_circuit(result: ExecutionResult) -> bool:
-    """The adapter refused to call the engine because its circuit is open."""
-    if result.error_category != ErrorCategory.TRANSIENT:
-        return False
-    detail = result.result
-    if isinstance(detail, dict) and detail.get("circuit") == "open":
-        return True
-    error = result.error or ""
-    return "circuit: open" in error or "circuit breaker is open" in error
+def _short_text(value: Any) -> str | None:
+    """A usable AMQP short string (reply queue, correlation id), or None."""
+    return value if is_identifier(value) else None
+
+
+def _peek_task_id(body: bytes, worker: Worker) -> str | None:
+    task_id = peek(body, worker.limits).get("task_id")
+    return task_id if is_identifier(task_id, MAX_TASK_ID_LENGTH) else None
 
 
 # What a retry may carry of the headers a publisher set. A content header must fit in one AMQP
@@ -1035,14 +1094,3 @@ def _forwarded_headers(headers: dict[str, Any]) -> dict[str, Any]:
     replay = kept.get(h.REPLAY_ID)
     replay = replay.decode("utf-8", "replace") if isinstance(replay, bytes) else replay
     return {h.REPLAY_ID: replay} if is_identifier(replay) else {}
-
-
-def _text_field(fields: dict[str, Any], name: str) -> str | None:
-    """A field of a rejected message, if it is a well-formed identifier (AMQP-sized, printable)."""
-    value = fields.get(name)
-    return value if is_identifier(value) else None
-
-
-def _peek_task_id(body: bytes, worker: Worker) -> str | None:
-    task_id = peek(body, worker.limits).get("task_id")
-    return task_id if is_identifier(task_id, MAX_TASK_ID_LENGTH) else None

@@ -12,6 +12,7 @@ from schemas.messages import (
     ExecutionResult,
     StatusEvent,
     WorkerHeartbeat,
+    result_message_id,
     utcnow,
 )
 from schemas.parameters import (
@@ -52,5 +53,6 @@ __all__ = [
     "fingerprint",
     "parse_parameters",
     "peek",
+    "result_message_id",
     "utcnow",
 ]
