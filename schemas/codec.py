@@ -33,13 +33,13 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
-def decode(data: bytes | str, cls: type[T]) -> T:
+def decode(data: bytes | str, cls: type[T], limits: Limits = DEFAULT_LIMITS) -> T:
     """Decode ``data`` as ``cls``; raise ``InvalidMessage`` naming the field that is wrong."""
     decoder = _decoders.get(cls) or msgspec.json.Decoder(cls)
     try:
         return decoder.decode(data)  # type: ignore[no-any-return]
     except msgspec.DecodeError as exc:
-        raise InvalidMessage(f"not a valid {cls.__name__}: {exc}", task_id=_peek_task_id(data)) from None
+        raise InvalidMessage(f"not a valid {cls.__name__}: {exc}", task_id=_peek_task_id(data, limits)) from None
 
 
 def decode_command(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> tuple[ExecutionCommand, ExecutionParameters]:
@@ -49,7 +49,7 @@ def decode_command(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> tuple[
     decoded is the sender's problem, and it must never take the worker down with it."""
     try:
         raw = check_message(data, limits)
-        command = decode(raw, ExecutionCommand)
+        command = decode(raw, ExecutionCommand, limits)
     except InvalidMessage:
         raise
     except Exception as exc:  # RecursionError, MemoryError, a defect: still the message's fault
@@ -83,6 +83,6 @@ def peek(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _peek_task_id(data: bytes | str) -> str | None:
-    task_id = peek(data).get("task_id")
+def _peek_task_id(data: bytes | str, limits: Limits) -> str | None:
+    task_id = peek(data, limits).get("task_id")
     return task_id if is_identifier(task_id, MAX_TASK_ID_LENGTH) else None
