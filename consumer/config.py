@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from schemas import RegistryCredentials
+from schemas.limits import DEFAULT_LIMITS, LIMIT_FIELDS, Bound, JsonDepth, Limits
 from topology.spec import Topology
 
 ENV_PREFIX = "DAGGER_ADAPTER_"
@@ -82,6 +83,15 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     health_file: str | None = None
     # RabbitMQ's consumer_timeout (not readable over AMQP): the worker warns when timeout_seconds exceeds it.
     broker_consumer_timeout_seconds: PositiveFloat = 1800.0
+    # What one command may ask of a worker (schemas.limits; README "Security model").
+    max_message_bytes: Bound = DEFAULT_LIMITS.max_message_bytes
+    max_json_depth: JsonDepth = DEFAULT_LIMITS.max_json_depth
+    max_pipeline_operations: Bound = DEFAULT_LIMITS.max_pipeline_operations
+    max_workflow_steps: Bound = DEFAULT_LIMITS.max_workflow_steps
+    max_environment_entries: Bound = DEFAULT_LIMITS.max_environment_entries
+    max_environment_bytes: Bound = DEFAULT_LIMITS.max_environment_bytes
+    max_secret_entries: Bound = DEFAULT_LIMITS.max_secret_entries
+    max_secret_bytes: Bound = DEFAULT_LIMITS.max_secret_bytes
 
     def __post_init__(self) -> None:
         if not self.worker_id.strip():
@@ -93,6 +103,11 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
             raise ValueError(f"amqp_url: {exc}") from None
         if not re.fullmatch(r"[1-9][0-9]*[YMDhms]", self.results_stream_max_age):
             raise ValueError("results_stream_max_age: a number and one of Y, M, D, h, m, s (e.g. 7D, 12h)")
+
+    @property
+    def limits(self) -> Limits:
+        """The limits commands are checked against before anything runs."""
+        return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
     def __repr__(self) -> str:
         return "DaggerAdapterConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
