@@ -16,7 +16,7 @@ import msgspec
 from schemas import CONTENT_TYPE, ErrorCategory, ExecutionType, Outcome, TaskState
 from schemas import headers as h
 from schemas.jsonschema import components
-from topology.spec import Topology
+from topology.spec import UNKNOWN_EXECUTION_TYPE, Topology
 
 ASYNCAPI_VERSION = "3.1.0"
 AMQP_BINDING_VERSION = "0.3.0"
@@ -181,7 +181,11 @@ def asyncapi_document(spec: Topology, version: str, amqp_url: str | None = None)
             "topic",
             ["ExecutionResult"],
             "Every result, pub/sub: bind a queue of your own with the keys you want (e.g. *.failed).",
-            execution_type={"enum": types, "description": "the command's execution_type"},
+            execution_type={
+                "enum": [*types, UNKNOWN_EXECUTION_TYPE],
+                "description": f"the command's execution_type, or {UNKNOWN_EXECUTION_TYPE!r} for an invalid "
+                "command of an unknown type",
+            },
             outcome={"enum": outcomes, "description": "succeeded or failed"},
         ),
         "task_status": exchange_channel(
