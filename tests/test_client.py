@@ -302,8 +302,8 @@ async def test_closing_the_client_releases_its_queues(
     await events.open()
     assert events.queue_name is not None
     probe = await amqp.channel()
-    await probe.declare_queue(events.queue_name, passive=True)  # there while the client is open
-    await probe.close()
+    with pytest.raises(aio_pika.exceptions.ChannelLockedResource):  # there, exclusive to the client
+        await probe.declare_queue(events.queue_name, passive=True)
     await client.close()
     assert client.connection.is_closed
     # The private queue was auto-deleted (results still reach the results stream).
