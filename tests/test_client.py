@@ -6,6 +6,7 @@ import asyncio
 import re
 
 import aio_pika
+import aiormq
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
@@ -302,7 +303,7 @@ async def test_closing_the_client_releases_its_queues(
     await events.open()
     assert events.queue_name is not None
     probe = await amqp.channel()
-    with pytest.raises(aio_pika.exceptions.ChannelLockedResource):  # there, exclusive to the client
+    with pytest.raises(aiormq.exceptions.ChannelLockedResource):  # there, exclusive to the client
         await probe.declare_queue(events.queue_name, passive=True)
     await client.close()
     assert client.connection.is_closed
