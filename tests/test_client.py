@@ -307,7 +307,8 @@ async def test_closing_the_client_releases_its_queues(
         await probe.declare_queue(events.queue_name, passive=True)
     await client.close()
     assert client.connection.is_closed
-    # The private queue was auto-deleted (results still reach the results stream).
+    # The private queue was auto-deleted (checked by name: every result also reaches the
+    # results history stream, so an unroutable publish cannot show it).
     channel = await amqp.channel()
     with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
         await channel.declare_queue(events.queue_name, passive=True)
