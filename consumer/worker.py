@@ -419,7 +419,14 @@ class Worker:
             self._background.append(pause)
 
     async def _valkey_answers(self) -> bool:
-        await self._require_ledger().ping()
+        try:
+            await self._require_ledger().ping()
+        except ValkeyError:
+            # The host's embedded Valkey may have died with no one to start it: we do.
+            if await self.adapter.revive_embedded_valkey():
+                await self._require_ledger().ping()
+            else:
+                raise
         return True
 
     # ================================================================ heartbeat

@@ -242,3 +242,59 @@ async def test_results_a_worker_published_while_nobody_listened_are_read_from_th
     async with ExecutionClient.connect(amqp_url, topology_spec) as client, client.results(since="first") as history:
         kept = [await asyncio.wait_for(anext(history), 15) for _ in range(3)]
     assert sorted(r.task_id for r in kept) == [f"kept-{i}" for i in range(3)]
+
+
+async def test_the_embedded_valkey_is_started_again_when_it_dies_and_keeps_the_ledger(
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    amqp_url: str,
+    tmp_path: Path,
+) -> None:
+    """No valkey_url: the worker uses the host's embedded Valkey. SIGKILLed under it, the worker
+    pauses, starts it again (AOF brings the ledger back) and carries on."""
+    import os
+    import signal
+    import tempfile
+
+    import valkey.asyncio as valkey_asyncio
+
+    from consumer.config import load_config
+    from consumer.worker import Worker
+    from tests.support.worker_process import worker_settings
+
+    with tempfile.TemporaryDirectory(prefix="dav-", dir="/tmp") as cache:
+        settings = worker_settings(
+            amqp_url=amqp_url,
+            valkey_url="unused",
+            spec=topology_spec,
+            work_dir=tmp_path,
+            engine_env=dagger_engine.session_env(),
+            caching_enabled="true",
+            cache_directory=cache,
+        )
+        del settings["DAGGER_ADAPTER_VALKEY_URL"]
+        worker = Worker(load_config(env=settings))
+        running = asyncio.create_task(worker.run())
+        try:
+            await observer.wait_ready(worker.worker_id)
+            assert (worker.adapter.valkey_url or "").startswith("unix://")
+            await publish_command(channel, topology_spec, command("before-the-crash"))
+            await observer.wait_for(lambda: observer.results_for("before-the-crash"), 30, "the first result")
+            await asyncio.sleep(1.5)  # appendfsync everysec
+
+            client = valkey_asyncio.Valkey.from_url(worker.adapter.valkey_url or "")
+            pid = int((await client.info("server"))["process_id"])
+            await client.aclose()
+            os.kill(pid, signal.SIGKILL)
+
+            await publish_command(channel, topology_spec, command("after-the-crash"))
+            await observer.wait_for(lambda: observer.results_for("after-the-crash"), 60, "a result after the crash")
+            # The ledger survived: a duplicate of the first task is answered, not run again.
+            await publish_command(channel, topology_spec, command("before-the-crash"))
+            await observer.wait_for(lambda: len(observer.results_for("before-the-crash")) == 2, 30, "the answer")
+            assert len([e for e in dagger_engine.execs if "before-the-crash" in e.args]) == 1
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(running, 60)
