@@ -132,6 +132,10 @@ class DaggerAdapter(AgentAdapter):
         """The Valkey actually in use (the embedded one included), after ``initialize``."""
         return self._cache.url
 
+    async def revive_embedded_valkey(self) -> bool:
+        """Start the host's embedded Valkey again if it died (see ``CacheManager.revive_embedded``)."""
+        return await self._cache.revive_embedded()
+
     def add_circuit_listener(self, callback: Callable[[str], None]) -> None:
         self._breaker.add_listener(callback)
 

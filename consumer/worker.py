@@ -449,7 +449,14 @@ class Worker:
 
     async def _valkey_answers(self) -> bool:
         ledger = self._require_ledger()
-        await ledger.ping()
+        try:
+            await ledger.ping()
+        except ValkeyError:
+            # The host's embedded Valkey may have died with no one to start it: we do.
+            if await self.adapter.revive_embedded_valkey():
+                await ledger.ping()
+            else:
+                raise
         if self._seal is None:  # needed before the first command is read: consuming waits for it
             self._seal = AttemptSeal(await ledger.attempts_key(), self.config.max_retries)
         return True
