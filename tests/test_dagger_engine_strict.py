@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -274,7 +276,7 @@ async def test_a_moved_tag_resolves_to_a_new_digest_and_runs_again(dagger_engine
         with pytest.raises(dagger.QueryError, match=r"immediately after the 'Container\.From' call"):
             await pinned.with_exec(["true"]).image_ref()
     assert moved.digest != first.digest
-    assert len(dagger_engine.execs) == 2  # a new digest is a new input
+    assert [r.image_ref for r in dagger_engine.execs] == [first.image_ref, moved.image_ref]  # a new input
 
 
 async def test_an_image_has_only_its_commands(dagger_engine: TestEngine) -> None:
@@ -387,6 +389,49 @@ async def test_a_session_loads_one_version_of_a_module(dagger_engine: TestEngine
         await client.module_source("github.com/acme/greeter@v2").as_module().serve()
         data = await client._ctx.conn.session.execute(gql.gql('{ greeter { greet(name: "bo") } }'))  # type: ignore[union-attr]
         assert data == {"greeter": {"greet": "v2: hello bo"}}
+
+
+class Level(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@dataclasses.dataclass
+class Report:
+    file_count: int
+    level: str
+
+
+async def test_module_functions_take_constructor_enum_and_object_arguments_and_return_objects(
+    dagger_engine: TestEngine, data_dir: Path
+) -> None:
+    def scan(self: dict[str, str], source: dagger.Directory, level: Level = Level.LOW) -> Report:
+        return Report(file_count=len(source.files), level=f"{self['prefix']}{level.name}")  # type: ignore[attr-defined]
+
+    def bundle(self: dict[str, str]) -> dagger.Directory:
+        return {"out/readme.txt": f"{self['prefix']}bundle\n"}  # type: ignore[return-value]
+
+    def new(prefix: str = "") -> dict[str, str]:
+        return {"prefix": prefix}
+
+    dagger_engine.register_module(
+        "github.com/acme/scanner@v3", "scanner", {"scan": scan, "bundle": bundle}, constructor=new
+    )
+    async with session(dagger_engine) as client:
+        await client.module_source("github.com/acme/scanner@v3").as_module().serve()
+        execute = client._ctx.conn.session.execute  # type: ignore[union-attr]
+        source_id = await client.host().directory(str(data_dir)).id()
+        query = f'{{ scanner(prefix: "p-") {{ scan(source: "{source_id}", level: HIGH) {{ fileCount level }} }} }}'
+        assert await execute(gql.gql(query)) == {"scanner": {"scan": {"fileCount": 1, "level": "p-HIGH"}}}
+        with pytest.raises(TransportQueryError, match="must have a selection of subfields"):
+            await execute(gql.gql(f'{{ scanner {{ scan(source: "{source_id}") }} }}'))  # an object, unselected
+        with pytest.raises(TransportQueryError, match="MEDIUM"):  # not a value of the module's enum
+            await execute(gql.gql(f'{{ scanner {{ scan(source: "{source_id}", level: MEDIUM) {{ level }} }} }}'))
+        bundle_id = (await execute(gql.gql('{ scanner(prefix: "x-") { bundle { id } } }')))["scanner"]["bundle"]["id"]
+        assert await client.load_directory_from_id(dagger.DirectoryID(bundle_id)).file("out/readme.txt").contents() == (
+            "x-bundle\n"
+        )
+    assert len(dagger_engine.take_query_errors()) == 2
 
 
 # --- sessions, hangs and outages -------------------------------------------------------------

@@ -212,6 +212,7 @@ class Evaluator:
             registry_auths=list(SESSION_AUTHS.get()()),
             stdin=fs.read(op.redirect_stdin) or "" if op.redirect_stdin else op.stdin,
             expect=op.expect,
+            image_ref=state.pulled.image_ref if state.pulled is not None else None,
         )
         mounted = [self._secret_value(m.source) for m in state.mounts.values() if isinstance(m.source, SecretState)]
         hidden = [value for value in [*secret_values.values(), *mounted] if value]

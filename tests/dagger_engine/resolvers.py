@@ -25,7 +25,7 @@ from tests.dagger_engine.core import EngineCore, Request
 from tests.dagger_engine.evaluation import Evaluated, ExecFailed
 from tests.dagger_engine.filesystem import ReadOnlyFileSystem, normalize, relative_to
 from tests.dagger_engine.images import RegistryError, auth_host
-from tests.dagger_engine.modules import ModuleSpec, module_sdl
+from tests.dagger_engine.modules import FunctionSpec, ModuleSpec, module_sdl
 from tests.dagger_engine.schema import SDL
 from tests.dagger_engine.sessions import Session
 from tests.dagger_engine.state import (
@@ -633,21 +633,51 @@ def _id(obj: Node, _: Info) -> str:
 
 
 def _module_field(spec: ModuleSpec) -> Resolver:
-    def resolve(_: None, __: Info) -> ModuleObject:
-        return ModuleObject(module=spec.name)
+    def resolve(_: None, info: Info, **kw: Any) -> ModuleObject:
+        if spec.constructor is None:
+            return ModuleObject(module=spec.name)
+        value = _call(spec, spec.constructor, info, None, kw)
+        return ModuleObject(module=spec.name, value=value)
 
     return resolve
 
 
+def _call(spec: ModuleSpec, fn: FunctionSpec, info: Info, self_value: Any, kw: dict[str, Any]) -> Any:
+    """Call a module function with its GraphQL arguments made Python values."""
+    args: dict[str, Any] = {}
+    for name, value in kw.items():
+        arg = fn.args[name]
+        if value is not None and arg.kind == "enum" and arg.enum is not None:
+            value = [arg.enum[v] for v in value] if isinstance(value, list) else arg.enum[value]
+        elif value is not None and arg.kind == "object":
+            value = [_load(info, v, Node) for v in value] if isinstance(value, list) else _load(info, value, Node)
+        args[arg.python_name] = value
+    try:
+        return fn.call(self_value, **args) if fn.takes_self else fn.call(**args)
+    except Exception as error:  # the function's own failure, as the engine reports it
+        raise graphql.GraphQLError(f"call {spec.name}.{fn.graphql_name}: {error}") from None
+
+
 def _function_field(spec: ModuleSpec, name: str) -> Resolver:
     fn = spec.functions[name]
+    returns = fn.returns.rstrip("!")
 
-    def resolve(_: ModuleObject, __: Info, **kw: Any) -> Any:
-        try:
-            result = fn.call(**{fn.args[arg][0]: value for arg, value in kw.items()})
-        except Exception as error:  # the function's own failure, as the engine reports it
-            raise graphql.GraphQLError(f"call {spec.name}.{name}: {error}") from None
-        return json.dumps(result) if fn.returns == "JSON" else result
+    def resolve(obj: ModuleObject, info: Info, **kw: Any) -> Any:
+        result = _call(spec, fn, info, obj.value, kw)
+        if returns == "JSON":
+            return json.dumps(result)
+        if returns == "Directory":
+            return _new(info, DirectoryState(files={str(k): str(v) for k, v in dict(result).items()}))
+        if returns == "File":
+            return _new(info, FileState(name=fn.graphql_name, contents=str(result)))
+        return result
+
+    return resolve
+
+
+def _attribute(attribute: str) -> Resolver:
+    def resolve(obj: Any, _: Info) -> Any:
+        return getattr(obj, attribute)
 
     return resolve
 
@@ -734,6 +764,11 @@ def _build(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
         assert isinstance(module_type, graphql.GraphQLObjectType)
         for name in spec.functions:
             module_type.fields[name].resolve = _function_field(spec, name)
+        for type_name, fields in spec.object_fields.items():
+            object_type = schema.get_type(type_name)
+            assert isinstance(object_type, graphql.GraphQLObjectType)
+            for field_name, attribute in fields.items():
+                object_type.fields[field_name].resolve = _attribute(attribute)
     for type_ in schema.type_map.values():
         if isinstance(type_, graphql.GraphQLInterfaceType):
             type_.resolve_type = _interface_type

@@ -84,9 +84,11 @@ class ModuleState(Node):
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ModuleObject:
-    """The main object of a served module (``{ <module> { <function>(...) } }``)."""
+    """The main object of a served module (``{ <module>(<constructor args>) { <function>(...) } }``);
+    ``value`` is what the module's constructor returned (None without one)."""
 
     module: str
+    value: Any = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
