@@ -186,6 +186,19 @@ async def test_a_failed_exec_is_not_cached_and_runs_again(dagger_engine: TestEng
     assert [r.exit_code for r in dagger_engine.execs] == [1, 0]
 
 
+async def test_an_exec_whose_client_gave_up_is_cancelled_and_not_cached(dagger_engine: TestEngine) -> None:
+    dagger_engine.on_exec(["work"], ExecOutcome(stdout="done\n"))
+    dagger_engine.on_exec(["work"], ExecOutcome(stdout="slow\n", delay=30), times=1)  # the first run only
+    async with session(dagger_engine, execute_timeout=2) as client:
+        step = client.container().from_("alpine").with_exec(["work"])
+        with pytest.raises(dagger.TransportError, match="timed out"):
+            await step.stdout()
+        await asyncio.to_thread(dagger_engine.wait_until, lambda: dagger_engine.current_execs == 0)
+        assert dagger_engine.execs[0].exit_code == -1  # killed with its request
+        assert await step.stdout() == "done\n"  # asked again: it runs again
+    assert len(dagger_engine.execs) == 2
+
+
 async def test_concurrent_identical_execs_run_once(dagger_engine: TestEngine) -> None:
     dagger_engine.on_exec(["build"], ExecOutcome(stdout="built\n", delay=0.3))
     dagger_engine.add_image("builder:1")
