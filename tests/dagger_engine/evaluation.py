@@ -55,7 +55,7 @@ class OperationCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self.hits = 0  # evaluations answered from the cache (execs included)
+        self.hits = 0  # exec evaluations answered from the cache
 
     def entry(self, key: str) -> _Entry:
         with self._lock:
