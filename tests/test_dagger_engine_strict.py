@@ -447,6 +447,39 @@ async def test_module_functions_take_constructor_enum_and_object_arguments_and_r
     assert len(dagger_engine.take_query_errors()) == 2
 
 
+async def test_a_modules_type_definitions_describe_its_functions(dagger_engine: TestEngine) -> None:
+    def scan(self: dict[str, str], source: dagger.Directory, level: Level = Level.LOW) -> Report:
+        raise AssertionError("not called")
+
+    def new(prefix: str = "") -> dict[str, str]:
+        return {"prefix": prefix}
+
+    dagger_engine.register_module("github.com/acme/scanner@v3", "scanner", {"scan": scan}, constructor=new)
+    async with session(dagger_engine) as client:
+        module = client.module_source("github.com/acme/scanner@v3").as_module()
+        main, report = await module.objects()  # no serve() needed to read them
+        assert await main.kind() == dagger.TypeDefKind.OBJECT_KIND
+        assert [await main.as_object().name(), await report.as_object().name()] == ["Scanner", "ScannerReport"]
+        [constructor_arg] = await main.as_object().constructor().args()
+        assert (await constructor_arg.name(), await constructor_arg.default_value()) == ("prefix", dagger.JSON('""'))
+        [function] = await main.as_object().functions()
+        assert await function.name() == "scan"
+        source, level = await function.args()
+        assert await source.name() == "source" and await source.type_def().kind() == dagger.TypeDefKind.OBJECT_KIND
+        assert await source.type_def().as_object().name() == "Directory"
+        assert await level.type_def().kind() == dagger.TypeDefKind.ENUM_KIND and await level.type_def().optional()
+        assert [await m.name() for m in await level.type_def().as_enum().members()] == ["LOW", "HIGH"]
+        assert await level.default_value() == dagger.JSON('"LOW"')
+        returned = function.return_type()
+        assert await returned.kind() == dagger.TypeDefKind.OBJECT_KIND
+        assert await returned.as_object().name() == "ScannerReport"
+        fields = await report.as_object().fields()
+        assert [await f.name() for f in fields] == ["fileCount", "level"]
+        assert await fields[0].type_def().kind() == dagger.TypeDefKind.INTEGER_KIND
+        [enum_def] = await module.enums()
+        assert await enum_def.as_enum().name() == "ScannerLevel"
+
+
 # --- sessions, hangs and outages -------------------------------------------------------------
 
 

@@ -57,6 +57,8 @@ class Arg:
     type: str  # GraphQL type, with "!" when required
     kind: str = "value"  # value | enum | object (loaded by ID)
     enum: type[enum.Enum] | None = None
+    object_type: str = ""  # the core type an ID argument stands for (Directory, ...)
+    default: Any = inspect.Parameter.empty
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,7 +165,9 @@ def _function(name: str, fn: Callable[..., Any], module_types: _Types) -> Functi
             else annotation
         )
         _, kind, enum_class = module_types.graphql(base, argument=True)
-        args[camel(param.name)] = Arg(param.name, arg_type, kind, enum_class)
+        element = typing.get_args(base)[0] if typing.get_origin(base) is list else base
+        object_type = getattr(element, "__name__", "") if kind == "object" else ""
+        args[camel(param.name)] = Arg(param.name, arg_type, kind, enum_class, object_type, param.default)
     returns = module_types.type(hints.get("return", "JSON"), argument=False)
     return FunctionSpec(camel(name), fn, args, returns, takes_self)
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import graphql
 
-from tests.dagger_engine import snapshots
+from tests.dagger_engine import snapshots, typedefs
 from tests.dagger_engine.commands import CommandNotFound
 from tests.dagger_engine.core import EngineCore, Request
 from tests.dagger_engine.evaluation import Evaluated, ExecFailed
@@ -628,6 +628,34 @@ def _serve(m: ModuleState, info: Info, **_: Any) -> None:
         session.served = served
 
 
+def _make_record(info: Info) -> typedefs.Make:
+    def make(graphql_type: str, values: dict[str, Any]) -> typedefs.Record:
+        record = typedefs.record_class(graphql_type)(values=values)
+        return _new(info, record, key=digest("record", graphql_type, record.id))
+
+    return make
+
+
+@resolves("Module", "objects")
+def _module_objects(m: ModuleState, info: Info) -> list[typedefs.Record]:
+    return typedefs.module_objects(_core(info).modules[m.ref], _make_record(info))
+
+
+@resolves("Module", "enums")
+def _module_enums(m: ModuleState, info: Info) -> list[typedefs.Record]:
+    return typedefs.module_enums(_core(info).modules[m.ref], _make_record(info))
+
+
+def _record_field(record: typedefs.Record, info: Info, **_: Any) -> Any:
+    if info.field_name in record.values:
+        return record.values[info.field_name]
+    if info.field_name in {"description", "sourceModuleName"}:
+        return ""
+    if info.field_name == "deprecated":
+        return None
+    return _not_modelled(record, info)
+
+
 def _id(obj: Node, _: Info) -> str:
     return obj.id
 
@@ -769,6 +797,12 @@ def _build(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
             assert isinstance(object_type, graphql.GraphQLObjectType)
             for field_name, attribute in fields.items():
                 object_type.fields[field_name].resolve = _attribute(attribute)
+    for type_name in typedefs.TYPES:
+        record_type = schema.get_type(type_name)
+        assert isinstance(record_type, graphql.GraphQLObjectType), type_name
+        for name, field in record_type.fields.items():
+            if name not in {"id", "sync"} and field.resolve is None:
+                field.resolve = _record_field
     for type_ in schema.type_map.values():
         if isinstance(type_, graphql.GraphQLInterfaceType):
             type_.resolve_type = _interface_type
