@@ -447,6 +447,33 @@ async def test_module_functions_take_constructor_enum_and_object_arguments_and_r
     assert len(dagger_engine.take_query_errors()) == 2
 
 
+async def test_module_function_calls_are_cached_unless_their_policy_says_otherwise(dagger_engine: TestEngine) -> None:
+    calls: list[str] = []
+
+    def stamp(name: str) -> str:
+        calls.append(f"stamp {name}")
+        return f"stamped {name}"
+
+    def fresh(name: str) -> str:
+        calls.append(f"fresh {name}")
+        return f"fresh {name}"
+
+    dagger_engine.register_module(
+        "github.com/acme/stamper@v1", "stamper", {"stamp": stamp, "fresh": fresh}, cache={"fresh": "never"}
+    )
+    for token in (dagger_engine.token, dagger_engine.new_session()):
+        async with session(dagger_engine, token) as client:
+            await client.module_source("github.com/acme/stamper@v1").as_module().serve()
+            execute = client._ctx.conn.session.execute  # type: ignore[union-attr]
+            for name in ("a", "a", "b"):
+                query = f'{{ stamper {{ stamp(name: "{name}") fresh(name: "{name}") }} }}'
+                assert await execute(gql.gql(query)) == {
+                    "stamper": {"stamp": f"stamped {name}", "fresh": f"fresh {name}"}
+                }
+    assert sorted(c for c in calls if c.startswith("stamp")) == ["stamp a", "stamp b"]  # once, engine-wide
+    assert len([c for c in calls if c.startswith("fresh")]) == 6
+
+
 async def test_a_modules_type_definitions_describe_its_functions(dagger_engine: TestEngine) -> None:
     def scan(self: dict[str, str], source: dagger.Directory, level: Level = Level.LOW) -> Report:
         raise AssertionError("not called")

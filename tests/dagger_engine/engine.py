@@ -259,12 +259,14 @@ class TestEngine:
         functions: Mapping[str, Callable[..., Any]],
         *,
         constructor: Callable[..., Any] | None = None,
+        cache: Mapping[str, str] | None = None,
     ) -> None:
         """Make ``moduleSource(refString: ref)`` resolve; once the module is served, its
         functions answer ``{ <name>(<constructor args>) { <function>(<args>) } }`` (names in
-        camelCase; types from the annotations, see ``modules.py``)."""
+        camelCase; types from the annotations, see ``modules.py``). Calls are cached
+        engine-wide unless ``cache`` says ``{"function": "session" | "never"}``."""
         with self._core.lock:
-            self._core.modules[ref] = module_spec(ref, name, dict(functions), constructor)
+            self._core.modules[ref] = module_spec(ref, name, dict(functions), constructor, cache)
 
     @property
     def query_errors(self) -> list[QueryProblem]:

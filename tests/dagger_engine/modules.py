@@ -21,6 +21,11 @@ module's is prefixed with it (``Report`` of module ``greeter`` is ``GreeterRepor
 returns is passed to every function whose first parameter is ``self``. Functions answer
 scalars, lists, JSON, the two core types above and module objects; a query selecting an
 object without sub-fields is refused by validation.
+
+Function calls are cached like the engine caches them (v0.19+): a call with the same module,
+constructor arguments, function and arguments is answered from the engine-wide cache without
+running (``cache={"fn": "session"}`` caches per session, ``"never"`` never); a call that
+raised is not cached.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _SCALARS: dict[Any, str] = {str: "String", int: "Int", float: "Float", bool: "Boolean"}
 _SCALAR_NAMES = {"str": "String", "int": "Int", "float": "Float", "bool": "Boolean", "list[str]": "[String!]"}
 CORE_OBJECTS = {"Directory", "File", "Container", "Secret", "CacheVolume"}
+# Function caching (engine v0.19+): calls are cached engine-wide by default; a function may be
+# cached per session only, or never (``+cache="session"`` / ``+cache="never"`` in a module).
+CACHE_POLICIES = ("default", "session", "never")
 
 
 def camel(name: str) -> str:
@@ -68,6 +76,7 @@ class FunctionSpec:
     args: dict[str, Arg]  # by GraphQL name
     returns: str  # GraphQL type
     takes_self: bool = False
+    cache: str = "default"  # the function's cache policy: default (engine-wide) | session | never
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,9 +186,17 @@ def module_spec(
     name: str,
     functions: dict[str, Callable[..., Any]],
     constructor: Callable[..., Any] | None = None,
+    cache: Mapping[str, str] | None = None,
 ) -> ModuleSpec:
     module_types = _Types(name)
-    specs = {camel(fn_name): _function(fn_name, fn, module_types) for fn_name, fn in functions.items()}
+    specs: dict[str, FunctionSpec] = {}
+    for fn_name, fn in functions.items():
+        policy = (cache or {}).get(fn_name, "default")
+        if policy not in CACHE_POLICIES:
+            raise ValueError(f"cache policy of {fn_name!r}: one of {CACHE_POLICIES}, not {policy!r}")
+        specs[camel(fn_name)] = dataclasses.replace(_function(fn_name, fn, module_types), cache=policy)
+        if specs[camel(fn_name)].returns.rstrip("!") in {"Container", "Secret", "CacheVolume"}:
+            raise ValueError(f"{fn_name!r}: returning a {specs[camel(fn_name)].returns} is not modelled")
     built = _function("constructor", constructor, module_types) if constructor is not None else None
     return ModuleSpec(ref, name, specs, built, tuple(module_types.sdl.values()), module_types.fields)
 

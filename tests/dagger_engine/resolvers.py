@@ -662,10 +662,11 @@ def _id(obj: Node, _: Info) -> str:
 
 def _module_field(spec: ModuleSpec) -> Resolver:
     def resolve(_: None, info: Info, **kw: Any) -> ModuleObject:
+        key = digest(spec.ref, {k: _canonical(info, v) for k, v in kw.items()})
         if spec.constructor is None:
-            return ModuleObject(module=spec.name)
+            return ModuleObject(module=spec.name, key=key)
         value = _call(spec, spec.constructor, info, None, kw)
-        return ModuleObject(module=spec.name, value=value)
+        return ModuleObject(module=spec.name, value=value, key=key)
 
     return resolve
 
@@ -691,7 +692,14 @@ def _function_field(spec: ModuleSpec, name: str) -> Resolver:
     returns = fn.returns.rstrip("!")
 
     def resolve(obj: ModuleObject, info: Info, **kw: Any) -> Any:
-        result = _call(spec, fn, info, obj.value, kw)
+        key = digest(obj.key, fn.graphql_name, {k: _canonical(info, v) for k, v in kw.items()})
+        store = _core(info).function_results if fn.cache == "default" else _session(info).function_results
+        missing = object()
+        result = store.get(key, missing) if fn.cache != "never" else missing
+        if result is missing:
+            result = _call(spec, fn, info, obj.value, kw)  # raises: not cached
+            if fn.cache != "never":
+                store[key] = result
         if returns == "JSON":
             return json.dumps(result)
         if returns == "Directory":

@@ -89,6 +89,7 @@ class ModuleObject:
 
     module: str
     value: Any = None
+    key: str = ""  # digest of the module and its constructor arguments
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
