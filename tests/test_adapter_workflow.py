@@ -151,8 +151,10 @@ async def test_read_only_volumes_are_not_exported(dagger_engine: TestEngine, tmp
                 volumes=[{"source": str(tmp_path / "data"), "target": "/data"}],
             )
         )
-    assert result.success and "exported" not in result.result
-    assert dagger_engine.exports == []
+    # Mounted readOnly: the write fails inside the container, as on a real engine.
+    assert not result.success and "Read-only file system" in (result.error or "")
+    assert "exported" not in result.result
+    assert dagger_engine.exports == [] and not (tmp_path / "data" / "x").exists()
 
 
 async def test_a_failing_step_fails_the_workflow_and_skips_what_depends_on_it(
@@ -273,6 +275,7 @@ async def test_secrets_and_registry_credentials_never_reach_results_or_logs(
     caplog.set_level(logging.DEBUG)
     token, password = "tok-3f9a-very-secret", "hunter2-registry-pw"
     dagger_engine.on_exec(["leak"], ExecOutcome(files={"/out/leak.txt": f"the token is {token}\n"}))
+    dagger_engine.add_image("registry.example.com/team/tool:1", credentials=("ci", password))
     async with started(adapter_config(tmp_path)) as adapter:
         result = await adapter.execute(
             workflow_command(
@@ -305,6 +308,7 @@ async def test_progress_reports_each_step(dagger_engine: TestEngine, tmp_path: P
         "image: a\nsteps:\n  - {name: one, run: [echo, 1]}\n"
         "  - {name: two, depends_on: [one], run: [sh, -c, 'exit 1']}\n",
     )
+    dagger_engine.add_image("a")
     events: list[tuple[str, str]] = []
     async with started(adapter_config(tmp_path)) as adapter:
         await adapter.execute(
@@ -322,6 +326,8 @@ async def test_configured_registry_qualifies_images_and_its_credentials_are_atta
         container_registry="registry.example.com",
         container_credentials={"token": "cfg-token-123"},
     )
+    dagger_engine.add_image("registry.example.com/python:3.12", credentials=("token", "cfg-token-123"))
+    dagger_engine.add_image("ghcr.io/acme/tool:1")
     async with started(config) as adapter:
         result = await adapter.execute(
             workflow_command(
