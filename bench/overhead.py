@@ -204,16 +204,29 @@ class Driver:
         )
 
 
-def commands(prefix: str, n: int, pipeline: list[dict[str, Any]], *, tag: str) -> list[ExecutionCommand]:
-    return [
-        ExecutionCommand(
-            task_id=f"{prefix}-{tag}-{i:05d}",
-            execution_type=ExecutionType.DAGGER_PIPELINE,
-            parameters={"pipeline": pipeline},
-            timeout_seconds=120,
+def commands(
+    prefix: str, n: int, pipeline: list[dict[str, Any]], *, tag: str, distinct: bool = True
+) -> list[ExecutionCommand]:
+    """``n`` commands running ``pipeline``. ``distinct``: the exec's arguments end with the task id,
+    so that each is work of its own, as a real engine's operation cache would otherwise answer
+    identical execs once for all; the cache-hit scenario wants them identical."""
+    out = []
+    for i in range(n):
+        task_id = f"{prefix}-{tag}-{i:05d}"
+        steps = pipeline
+        if distinct:
+            *head, (exec_op,) = [*pipeline[:-1], [pipeline[-1]]]
+            args = [*exec_op["with_exec"]["args"], task_id]
+            steps = [*head, {"with_exec": {"args": args}}]
+        out.append(
+            ExecutionCommand(
+                task_id=task_id,
+                execution_type=ExecutionType.DAGGER_PIPELINE,
+                parameters={"pipeline": steps},
+                timeout_seconds=120,
+            )
         )
-        for i in range(n)
-    ]
+    return out
 
 
 class Bench:
@@ -306,11 +319,12 @@ class Bench:
             engine,
         ):
             prefix = driver.spec.prefix
-            warm = commands(prefix, 1, TRIVIAL, tag="warm")
+            warm = commands(prefix, 1, TRIVIAL, tag="warm", distinct=False)
             await driver.throughput("warm-up", worker, warm)  # the one that fills the result cache
             before = engine.stats()["requests"]
             with self.profiled("cache-hit", worker):
-                run = await driver.throughput("cache hit", worker, commands(prefix, n, TRIVIAL, tag="hit"))
+                hits = commands(prefix, n, TRIVIAL, tag="hit", distinct=False)
+                run = await driver.throughput("cache hit", worker, hits)
             run.engine_requests = engine.stats()["requests"] - before
             return run
 
