@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from consumer.cli import (
+    console_cmd,
     dlq_cmd,
     health_cmd,
     results_cmd,
@@ -19,7 +20,18 @@ from consumer.cli import (
 )
 from consumer.cli.common import EXIT_USAGE, CliError, fail
 
-VERBS = (worker_cmd, submit_cmd, results_cmd, status_cmd, dlq_cmd, run_cmd, health_cmd, topology_cmd, schema_cmd)
+VERBS = (
+    worker_cmd,
+    submit_cmd,
+    results_cmd,
+    status_cmd,
+    dlq_cmd,
+    console_cmd,
+    run_cmd,
+    health_cmd,
+    topology_cmd,
+    schema_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,143 @@
+// Progressive enhancement for the Dagger Adapter console: live regions refreshed over
+// server-sent events, validation as you type, select-all. Message data is never handled as
+// HTML here: fragments come rendered (and autoescaped) from the server and are parsed with
+// DOMParser (scripts in them never run); everything else is set with textContent / value.
+(() => {
+  "use strict";
+  const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+  const regions = [...document.querySelectorAll("[data-live]")];
+
+  function swap(element, html) {
+    const doc = new DOMParser().parseFromString(html, "text/html");
+    element.replaceChildren(...[...doc.body.childNodes].map((node) => document.importNode(node, true)));
+  }
+
+  // One refresher per region: at most one request in flight, at least data-min-gap ms apart,
+  // and a change announced meanwhile is fetched once afterwards.
+  function refresher(element) {
+    const gap = Number(element.dataset.minGap || 250);
+    let busy = false;
+    let again = false;
+    let last = 0;
+    const run = async () => {
+      if (busy) {
+        again = true;
+        return;
+      }
+      busy = true;
+      again = false;
+      const wait = last + gap - Date.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      last = Date.now();
+      try {
+        const response = await fetch(element.dataset.live, { headers: { Accept: "text/html" } });
+        if (response.ok) {
+          swap(element, await response.text());
+          // A page rendered while RabbitMQ was unreachable fills itself in once it is back.
+          if (element.dataset.on === "broker" && !element.children.length && document.body.hasAttribute("data-broker-down")) {
+            location.reload();
+          }
+        }
+        else if (response.status === 401) location.reload(); // signed out: show the sign-in page
+      } catch (_) {
+        // offline for a moment: the next event or timer tries again
+      } finally {
+        busy = false;
+        if (again) run();
+      }
+    };
+    return run;
+  }
+
+  const refreshers = new Map(regions.map((element) => [element, refresher(element)]));
+  for (const [element, refresh] of refreshers) {
+    const every = Number(element.dataset.every || 0);
+    if (every > 0) setInterval(refresh, every * 1000);
+  }
+
+  const indicator = document.getElementById("live");
+  function setLive(on) {
+    if (!indicator) return;
+    indicator.classList.toggle("on", on);
+    indicator.title = on ? "live updates: on" : "live updates: reconnecting…";
+  }
+
+  if (regions.length && window.EventSource) {
+    const source = new EventSource("/events");
+    let hellos = 0;
+    source.addEventListener("hello", () => {
+      setLive(true);
+      // Events may have been missed between rendering the page (or losing the stream) and now:
+      // after a reconnect refresh everything once; on the first connect, the banner.
+      const first = hellos++ === 0;
+      for (const [element, refresh] of refreshers) {
+        if (!first || element.dataset.on === "broker") refresh();
+      }
+    });
+    source.addEventListener("error", () => setLive(false));
+    for (const kind of ["fleet", "flow", "broker"]) {
+      source.addEventListener(kind, (event) => {
+        let taskId = null;
+        try {
+          taskId = JSON.parse(event.data || "{}").task_id;
+        } catch (_) {
+          // a malformed notice refreshes every region of its kind
+        }
+        for (const [element, refresh] of refreshers) {
+          if (!(element.dataset.on || "").split(" ").includes(kind)) continue;
+          if (kind === "flow" && element.dataset.task !== undefined && taskId !== null && element.dataset.task !== taskId) continue;
+          refresh();
+        }
+      });
+    }
+  }
+
+  // Dead letters: a header checkbox ticks every row of its form.
+  for (const all of document.querySelectorAll("[data-select-all]")) {
+    all.addEventListener("change", () => {
+      for (const box of all.form.querySelectorAll(`input[type=checkbox][name="${all.dataset.selectAll}"]`)) {
+        box.checked = all.checked;
+      }
+    });
+  }
+
+  // Submit: validate as you type; pick an example without leaving the page.
+  const text = document.getElementById("command-text");
+  const verdict = document.getElementById("verdict");
+  if (text && verdict) {
+    let timer = null;
+    let sequence = 0;
+    const validate = async () => {
+      const mine = ++sequence;
+      try {
+        const response = await fetch("/submit/validate", {
+          method: "POST",
+          headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+          body: JSON.stringify({ text: text.value }),
+        });
+        const answer = await response.json();
+        if (mine !== sequence) return; // a newer check is on its way
+        verdict.textContent = answer.ok ? `✔ ${answer.message}` : `✘ ${answer.message || answer.error || "not valid"}`;
+        verdict.className = "verdict " + (answer.ok ? "verdict-ok" : "verdict-bad");
+      } catch (_) {
+        if (mine === sequence) verdict.textContent = "cannot check right now";
+      }
+    };
+    text.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(validate, 250);
+    });
+    for (const link of document.querySelectorAll("[data-example]")) {
+      link.addEventListener("click", async (event) => {
+        event.preventDefault();
+        const response = await fetch("/submit/examples/" + encodeURIComponent(link.dataset.example));
+        if (!response.ok) return;
+        text.value = await response.text();
+        document.querySelectorAll("[data-example]").forEach((other) => other.classList.toggle("active", other === link));
+        history.replaceState(null, "", "/submit?example=" + encodeURIComponent(link.dataset.example));
+        validate();
+      });
+    }
+    if (text.value.trim()) validate();
+  }
+})();

@@ -1,0 +1,237 @@
+"""The dead-letter queue: list with filters, a letter in full (secrets masked), replay and purge.
+
+Looking never consumes: every read is ``DeadLetterQueue.browse`` (messages handed back in
+place). Replay and purge act on the exact ids an operator saw in the preview: if the queue
+changed meanwhile (another operator replayed one), nothing moves and the page says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from consumer.client import DeadLetter, DeadLetterNotFound, ReplayIncomplete, Selector
+from consumer.webconsole.pages import console_of, flash, mutation
+from consumer.webconsole.security import Role
+from schemas import ErrorCategory
+
+SCAN_LIMIT = 5_000  # dead letters read per page view (the page says when there are more)
+SHOW_LIMIT = 500  # rows shown
+CATEGORIES = [*(c.value for c in ErrorCategory), "unknown"]
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, None: 60}
+
+
+def parse_age(text: str | None) -> timedelta | None:
+    """``30m``, ``2h``, ``1d``, ``45s`` (a bare number is minutes); None when empty."""
+    if not text or not text.strip():
+        return None
+    match = _AGE.match(text.lower())
+    if match is None:
+        raise ValueError(f"not an age: {text!r} (try 30m, 2h or 1d)")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class LetterFilter:
+    category: str | None = None
+    text: str | None = None  # in the error, case-insensitive
+    task_id: str | None = None  # a substring of the task id
+    newer_than: str | None = None  # an age: dead-lettered at most this long ago
+    older_than: str | None = None
+
+    @classmethod
+    def from_values(cls, values: Any) -> LetterFilter:
+        def get(name: str) -> str | None:
+            value = values.get(name)
+            return value.strip()[:500] or None if isinstance(value, str) else None
+
+        category = get("category")
+        return cls(
+            category=category if category in CATEGORIES else None,
+            text=get("q"),
+            task_id=get("task"),
+            newer_than=get("newer"),
+            older_than=get("older"),
+        )
+
+    @property
+    def active(self) -> bool:
+        return any((self.category, self.text, self.task_id, self.newer_than, self.older_than))
+
+    def as_params(self) -> dict[str, str]:
+        pairs = {
+            "category": self.category,
+            "q": self.text,
+            "task": self.task_id,
+            "newer": self.newer_than,
+            "older": self.older_than,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+    def select(self, letters: list[DeadLetter], now: datetime) -> list[DeadLetter]:
+        newer, older = parse_age(self.newer_than), parse_age(self.older_than)
+        out = []
+        for letter in letters:
+            if self.category and letter.category != self.category:
+                continue
+            if self.text and self.text.lower() not in letter.reason.error.lower():
+                continue
+            if self.task_id and self.task_id not in (letter.task_id or ""):
+                continue
+            when = letter.when
+            if newer is not None and (when is None or when < now - newer):
+                continue
+            if older is not None and (when is None or when > now - older):
+                continue
+            out.append(letter)
+        return out
+
+
+async def _browse(request: Request) -> list[DeadLetter]:
+    hub = console_of(request).hub
+    async with hub.dead_letter_lock:
+        letters: list[DeadLetter] = await hub.dead_letters().browse(limit=SCAN_LIMIT)
+        return letters
+
+
+async def list_letters(request: Request) -> Response:
+    console = console_of(request)
+    chosen = LetterFilter.from_values(request.query_params)
+    context: dict[str, Any] = {
+        "filter": chosen,
+        "categories": CATEGORIES,
+        "letters": [],
+        "scanned": 0,
+        "matching": 0,
+        "error": None,
+        "filter_error": None,
+        "total": console.hub.depths.get(console.hub.topology.dead_queue),
+    }
+    if console.hub.connection is None:
+        context["error"] = console.hub.broker.error or "not connected to RabbitMQ"
+        return console.render(request, "dead_letters.html", context)
+    letters = await _browse(request)
+    try:
+        matching = chosen.select(letters, datetime.now(UTC))
+    except ValueError as exc:
+        context["filter_error"] = str(exc)
+        matching = letters
+    context.update(letters=matching[:SHOW_LIMIT], scanned=len(letters), matching=len(matching), scan_limit=SCAN_LIMIT)
+    return console.render(request, "dead_letters.html", context)
+
+
+async def show_letter(request: Request) -> Response:
+    console = console_of(request)
+    letter_id: str = request.path_params["letter_id"]
+    async with console.hub.dead_letter_lock:
+        letters = await console.hub.dead_letters().show(letter_id)
+    return console.render(
+        request, "dead_letter.html", {"letter_id": letter_id, "letters": [(x, x.to_json()) for x in letters]}
+    )
+
+
+# --- replay and purge: preview, then act on exactly what was previewed ---
+async def _chosen(request: Request, form: dict[str, Any]) -> tuple[list[DeadLetter], str]:
+    """The letters a preview form names: ticked ids, or every letter matching the filter."""
+    letters = await _browse(request)
+    if form.get("scope") == "filter":
+        chosen = LetterFilter.from_values(form)
+        return chosen.select(letters, datetime.now(UTC)), "every dead letter matching the filter"
+    ids = [i for i in form.get("ids[]") or [] if isinstance(i, str)]
+    wanted = set(ids)
+    return [letter for letter in letters if letter.id in wanted], "the chosen dead letters"
+
+
+def _preview(action: str) -> Any:
+    @mutation(Role.OPERATOR)
+    async def preview(request: Request) -> Response:
+        console = console_of(request)
+        form = request.state.form
+        try:
+            letters, what = await _chosen(request, form)
+        except ValueError as exc:
+            return console.render(request, "error.html", {"title": "Filter", "message": str(exc)}, 400)
+        if not letters:
+            return console.render(
+                request, "error.html", {"title": f"Nothing to {action}", "message": "No dead letter was chosen."}, 400
+            )
+        ids = list(dict.fromkeys(letter.id for letter in letters))
+        return console.render(request, "confirm.html", {"action": action, "letters": letters, "ids": ids, "what": what})
+
+    preview.__name__ = f"{action}_preview"
+    return preview
+
+
+def _ids(form: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(i for i in form.get("ids[]") or [] if isinstance(i, str) and i))
+
+
+def _act() -> tuple[Any, Any]:
+    @mutation(Role.OPERATOR)
+    async def replay(request: Request) -> Response:
+        console = console_of(request)
+        ids = _ids(request.state.form)
+        if not ids:
+            return console.render(
+                request, "error.html", {"title": "Replay", "message": "No dead letter was chosen."}, 400
+            )
+        hub = console.hub
+        try:
+            async with hub.dead_letter_lock:
+                moved = await hub.dead_letters().replay(Selector(ids=tuple(ids)))
+        except DeadLetterNotFound as exc:
+            flash(request, f"nothing replayed: the queue changed since the preview ({exc}); preview again", "error")
+            return RedirectResponse("/dead-letters", 303)
+        except ReplayIncomplete as exc:
+            flash(request, f"replayed {len(exc.moved)} of {len(ids)}, then: {exc}", "error")
+            return RedirectResponse("/dead-letters", 303)
+        tasks = ", ".join(sorted({m.letter.task_id or m.letter.id for m in moved})[:5])
+        flash(request, f"replayed {len(moved)} dead letter(s) to {hub.topology.tasks_exchange}: {tasks}")
+        return RedirectResponse("/dead-letters", 303)
+
+    @mutation(Role.OPERATOR)
+    async def purge(request: Request) -> Response:
+        console = console_of(request)
+        form = request.state.form
+        ids = _ids(form)
+        if form.get("confirm") != "purge":
+            return console.render(
+                request,
+                "error.html",
+                {"title": "Not purged", "message": "Purging needs the confirmation box ticked. Nothing was deleted."},
+                400,
+            )
+        if not ids:
+            return console.render(
+                request, "error.html", {"title": "Purge", "message": "No dead letter was chosen."}, 400
+            )
+        hub = console.hub
+        try:
+            async with hub.dead_letter_lock:
+                purged = await hub.dead_letters().purge(Selector(ids=tuple(ids)))
+        except DeadLetterNotFound as exc:
+            flash(request, f"nothing purged: the queue changed since the preview ({exc}); preview again", "error")
+            return RedirectResponse("/dead-letters", 303)
+        flash(request, f"purged {len(purged)} dead letter(s) from {hub.topology.dead_queue}")
+        return RedirectResponse("/dead-letters", 303)
+
+    return replay, purge
+
+
+def routes() -> list[Route]:
+    replay, purge = _act()
+    return [
+        Route("/dead-letters", list_letters),
+        Route("/dead-letters/replay/preview", _preview("replay"), methods=["POST"]),
+        Route("/dead-letters/replay", replay, methods=["POST"]),
+        Route("/dead-letters/purge/preview", _preview("purge"), methods=["POST"]),
+        Route("/dead-letters/purge", purge, methods=["POST"]),
+        Route("/dead-letters/{letter_id:path}", show_letter),
+    ]
