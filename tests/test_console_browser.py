@@ -197,10 +197,13 @@ async def test_a_failing_command_shows_its_reason_in_the_dead_letters_and_is_rep
     await sign_in(page, console.url, OPERATOR)
     await page.goto(console.url + "flow")
     async with ExecutionClient.connect(amqp_url, topology_spec) as client:
+        await client.submit(command(f"echo-{task_id}"))
         await client.submit(failing)
-    # The flow shows it fail, live.
-    await expect(page.locator("#flow tr.ev-result")).to_contain_text(task_id, timeout=WAIT)
+    # The flow shows one succeed and one fail, live.
+    await expect(page.locator("#flow tr.ev-result.st-failed")).to_contain_text(task_id, timeout=WAIT)
+    await expect(page.locator("#flow tr.ev-result.st-succeeded")).to_contain_text(f"echo-{task_id}", timeout=WAIT)
     await expect(page.get_by_test_id("rate-failed")).to_have_text("1")
+    await expect(page.get_by_test_id("rate-ok")).to_have_text("1")
     await observer.wait_for(lambda: "dead_lettered" in observer.states_of(task_id), 30, "the dead letter")
     await screenshot(page, "flow", tmp_path)
 

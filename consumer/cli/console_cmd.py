@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
     )
+    # Open pages hold server-sent event streams; ending them at shutdown is expected, not an error.
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: not (server.should_exit and "without completing response" in record.getMessage())
+    )
     try:
         asyncio.run(server.serve(sockets=[listening]))
     except KeyboardInterrupt:
