@@ -8,6 +8,7 @@ the README) or the test's temporary directory.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -170,6 +171,13 @@ async def test_a_worker_appears_and_a_submitted_example_is_followed_live_to_succ
     await expect(page.locator('[data-testid="results-seen"]')).to_have_text("1")
     await screenshot(page, "fleet", tmp_path)
 
+    # A worker that stops sending heartbeats goes stale, in colour, on the open page.
+    worker.terminate()
+    assert await worker.wait(30) == 0
+    await expect(row).to_have_class(re.compile(r"\bfresh-stale\b"), timeout=WAIT)
+    await expect(row.locator(".badge")).to_have_text("stale")
+    await expect(page.get_by_test_id("workers-ready")).to_contain_text("0")
+
 
 async def test_a_failing_command_shows_its_reason_in_the_dead_letters_and_is_replayed_from_the_page(
     console: ConsoleProcess,
@@ -247,12 +255,15 @@ async def test_purge_needs_an_explicit_confirmation(
     console: ConsoleProcess, amqp: AbstractRobustConnection, topology_spec: Topology, page: Page
 ) -> None:
     declared = await declare(amqp, topology_spec)
-    keep = await put_dead_letter(declared, client_command("t-keep"), error="keep me")
+    await put_dead_letter(declared, client_command("t-keep"), error="keep me")
     drop = await put_dead_letter(declared, client_command("t-drop"), category="invalid", error="bad parameters")
     dlq = DeadLetterQueue(amqp, topology_spec)
     await sign_in(page, console.url, OPERATOR)
     await page.goto(console.url + "dead-letters?category=invalid")
     await expect(page.get_by_test_id("dlq-count")).to_contain_text("2 dead letters in the queue, 1 matching")
+    # The list says when the queue changed under it (live), without consuming anything.
+    await put_dead_letter(declared, client_command("t-late"), category="transient", error="later")
+    await expect(page.get_by_test_id("dlq-changed")).to_contain_text("now holds 3 dead letters", timeout=WAIT)
     await page.click("text=Purge all 1 matching…")
     await expect(page.get_by_test_id("preview")).to_contain_text("t-drop")
     await expect(page.get_by_test_id("preview")).not_to_contain_text("t-keep")
@@ -265,12 +276,12 @@ async def test_purge_needs_an_explicit_confirmation(
         console.url + "dead-letters/purge", form={"csrf_token": csrf or "", "ids[]": drop}, max_redirects=0
     )
     assert refused.status == 400 and "Nothing was deleted" in await refused.text()
-    assert {letter.id for letter in await dlq.browse()} == {keep, drop}
+    assert {letter.task_id for letter in await dlq.browse()} == {"t-keep", "t-drop", "t-late"}
 
     await page.check("input[name=confirm]")
     await page.click("button:has-text('Purge 1')")
     await expect(page.locator(".flash")).to_contain_text("purged 1 dead letter")
-    assert [letter.id for letter in await dlq.browse()] == [keep]
+    assert [letter.task_id for letter in await dlq.browse()] == ["t-keep", "t-late"]
 
 
 async def test_beyond_loopback_every_request_needs_a_token(

@@ -200,6 +200,9 @@ class Hub:
     async def _poll_depths(self, connection: AbstractRobustConnection) -> None:
         while True:
             depths = await queue_depths(connection, self.topology)
+            if self.dead_letter_lock.locked():
+                # A browse holds the dead letters unacknowledged: the queue would look empty.
+                depths[self.topology.dead_queue] = self.depths.get(self.topology.dead_queue)
             if depths != self.depths:
                 self.depths = depths
                 self.notify(Notice("fleet"))

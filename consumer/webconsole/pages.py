@@ -50,6 +50,13 @@ def console_of(request: Request) -> Console:
     return console
 
 
+def client_of(request: Request) -> str:
+    """Who did it, for the log: the role and the peer address (never a token)."""
+    role = console_of(request).access.role_of(request).name.lower()
+    peer = request.client.host if request.client else "?"
+    return f"{role} at {peer}"
+
+
 def flash(request: Request, message: str, level: str = "ok") -> None:
     request.session["flash"] = {"message": message, "level": level}
 

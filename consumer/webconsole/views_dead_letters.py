@@ -7,6 +7,7 @@ changed meanwhile (another operator replayed one), nothing moves and the page sa
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,9 +18,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from consumer.client import DeadLetter, DeadLetterNotFound, ReplayIncomplete, Selector
-from consumer.webconsole.pages import console_of, flash, mutation
+from consumer.webconsole.pages import client_of, console_of, flash, mutation
 from consumer.webconsole.security import Role
 from schemas import ErrorCategory
+
+log = logging.getLogger(__name__)
 
 SCAN_LIMIT = 5_000  # dead letters read per page view (the page says when there are more)
 SHOW_LIMIT = 500  # rows shown
@@ -127,6 +130,15 @@ async def list_letters(request: Request) -> Response:
     return console.render(request, "dead_letters.html", context)
 
 
+async def changed_fragment(request: Request) -> Response:
+    """A line saying the queue changed since the page was read (``seen``: the count it read)."""
+    console = console_of(request)
+    seen = request.query_params.get("seen", "")
+    now = console.hub.depths.get(console.hub.topology.dead_queue)
+    changed = seen.isdigit() and now is not None and now != int(seen)
+    return console.render(request, "_dead_letters_changed.html", {"changed": changed, "depth": now})
+
+
 async def show_letter(request: Request) -> Response:
     console = console_of(request)
     letter_id: str = request.path_params["letter_id"]
@@ -192,6 +204,12 @@ def _act() -> tuple[Any, Any]:
         except ReplayIncomplete as exc:
             flash(request, f"replayed {len(exc.moved)} of {len(ids)}, then: {exc}", "error")
             return RedirectResponse("/dead-letters", 303)
+        log.info(
+            "console: replayed %d dead letter(s) for %s: %s",
+            len(moved),
+            client_of(request),
+            ", ".join(m.letter.id for m in moved),
+        )
         tasks = ", ".join(sorted({m.letter.task_id or m.letter.id for m in moved})[:5])
         flash(request, f"replayed {len(moved)} dead letter(s) to {hub.topology.tasks_exchange}: {tasks}")
         return RedirectResponse("/dead-letters", 303)
@@ -219,6 +237,12 @@ def _act() -> tuple[Any, Any]:
         except DeadLetterNotFound as exc:
             flash(request, f"nothing purged: the queue changed since the preview ({exc}); preview again", "error")
             return RedirectResponse("/dead-letters", 303)
+        log.info(
+            "console: purged %d dead letter(s) for %s: %s",
+            len(purged),
+            client_of(request),
+            ", ".join(letter.id for letter in purged),
+        )
         flash(request, f"purged {len(purged)} dead letter(s) from {hub.topology.dead_queue}")
         return RedirectResponse("/dead-letters", 303)
 
@@ -229,6 +253,7 @@ def routes() -> list[Route]:
     replay, purge = _act()
     return [
         Route("/dead-letters", list_letters),
+        Route("/fragments/dead-letters-changed", changed_fragment),
         Route("/dead-letters/replay/preview", _preview("replay"), methods=["POST"]),
         Route("/dead-letters/replay", replay, methods=["POST"]),
         Route("/dead-letters/purge/preview", _preview("purge"), methods=["POST"]),

@@ -3,6 +3,7 @@ decoder the worker uses), published with confirms, then followed on its task vie
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,9 +15,11 @@ from starlette.routing import Route
 
 from consumer.client import ClientError
 from consumer.client.command_file import CommandFileError, command_from_text, parse_document
-from consumer.webconsole.pages import console_of, mutation, text_value
+from consumer.webconsole.pages import client_of, console_of, mutation, text_value
 from consumer.webconsole.security import Role
 from schemas import ExecutionCommand
+
+log = logging.getLogger(__name__)
 
 MAX_DOCUMENT = 256 * 1024  # characters of a pasted command
 EXAMPLE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -122,6 +125,7 @@ async def submit(request: Request) -> Response:
     except ClientError as exc:
         return await submit_page(request, text=text, error=f"not submitted: {exc}", status=503)
     console.hub.history.add_note(task_id, "submitted", "from the console")
+    log.info("console: submitted task %s (%s) for %s", task_id, command.execution_type.value, client_of(request))
     return RedirectResponse("/tasks/" + quote(task_id, safe=""), 303)
 
 
