@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from consumer.client import ClientError, DeadLetterNotFound
 from consumer.config import DaggerAdapterConfig
 from consumer.webconsole import views_dead_letters, views_live, views_submit
-from consumer.webconsole.hub import Hub
+from consumer.webconsole.hub import Hub, Notice
 from consumer.webconsole.pages import Console, console_of, flash, mutation, text_value
 from consumer.webconsole.security import LOCAL_HOSTS, Access, Role, csrf_ok, safe_next
 
@@ -56,7 +56,8 @@ class Gate:
     """Pure ASGI middleware (streaming responses pass untouched): security headers on every
     response; a request whose role is below viewer gets 401 and the sign-in page."""
 
-    OPEN_PATHS = ("/login", "/static/")
+    OPEN_PATHS = ("/login",)
+    OPEN_PREFIXES = ("/static/",)
 
     def __init__(self, app: ASGIApp, access: Access) -> None:
         self.app = app
@@ -83,7 +84,7 @@ class Gate:
             # Open to anyone on this machine: refuse other Host names (a DNS-rebinding page).
             await PlainTextResponse("unknown host", 400)(scope, receive, with_headers)
             return
-        if not path.startswith(self.OPEN_PATHS):
+        if path not in self.OPEN_PATHS and not path.startswith(self.OPEN_PREFIXES):
             if self.access.role_of(request) < Role.VIEWER:
                 response = await _unauthorised(request)
                 await response(scope, receive, with_headers)
@@ -152,14 +153,23 @@ async def banner_fragment(request: Request) -> Response:
 async def events(request: Request) -> Response:
     """Names of what changed (fleet, flow with its task id, broker); pages refetch fragments."""
     hub = console_of(request).hub
+    # What the page listens to: ?kinds=fleet,flow,broker and, for one task's page, ?task=<id>.
+    kinds = set((request.query_params.get("kinds") or "fleet,flow,broker").split(","))
+    task_id = request.query_params.get("task")
+
+    def wanted(notice: Notice) -> bool:
+        if notice.kind not in kinds:
+            return False
+        return notice.kind != "flow" or task_id is None or notice.task_id == task_id
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         with hub.listen() as notices:
             yield ServerSentEvent(data="{}", event="hello")
             while True:
                 notice = await notices.get()
-                data = msgspec.json.encode({"task_id": notice.task_id}).decode()
-                yield ServerSentEvent(data=data, event=notice.kind)
+                if wanted(notice):
+                    data = msgspec.json.encode({"task_id": notice.task_id, "state": notice.state}).decode()
+                    yield ServerSentEvent(data=data, event=notice.kind)
 
     return EventSourceResponse(stream(), ping=SSE_PING_SECONDS, headers={"x-accel-buffering": "no"})
 

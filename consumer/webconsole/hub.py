@@ -64,10 +64,12 @@ class SeenWorker:
 
 @dataclass(frozen=True)
 class Notice:
-    """What changed, for the pages: ``kind`` is fleet | flow | broker; ``task_id`` for flow."""
+    """What changed, for the pages: ``kind`` is fleet | flow | broker; for flow, the task id and
+    its state (a status event's state, or the result's outcome)."""
 
     kind: str
     task_id: str | None = None
+    state: str | None = None
 
 
 class Hub:
@@ -182,10 +184,10 @@ class Hub:
                 self.notify(Notice("fleet"))
             elif isinstance(event, StatusEvent):
                 self.history.add_status(event, now)
-                self.notify(Notice("flow", event.task_id))
+                self.notify(Notice("flow", event.task_id, event.state.value))
             elif isinstance(event, ExecutionResult):
                 self.history.add_result(event, now)
-                self.notify(Notice("flow", event.task_id))
+                self.notify(Notice("flow", event.task_id, event.outcome.value))
 
     def _heartbeat(self, beat: WorkerHeartbeat, now: datetime) -> None:
         before = self.workers.get(beat.worker_id)

@@ -159,10 +159,16 @@ async def find_task(request: Request) -> Response:
     return RedirectResponse("/tasks/" + quote(task_id, safe=""), 303)
 
 
-async def _task_context(request: Request) -> dict[str, Any]:
+def _task_context(request: Request) -> dict[str, Any]:
+    task_id: str = request.path_params["task_id"]
+    record: TaskRecord | None = console_of(request).hub.history.get(task_id)
+    return {"task_id": task_id, "record": record, "started": _started(record)}
+
+
+async def _letters_context(request: Request) -> dict[str, Any]:
+    """The task's dead letters: a browse of the queue (only on load and when the task fails)."""
     console = console_of(request)
     task_id: str = request.path_params["task_id"]
-    record: TaskRecord | None = console.hub.history.get(task_id)
     letters: list[DeadLetter] = []
     letters_error = None
     scanned = False
@@ -176,14 +182,7 @@ async def _task_context(request: Request) -> dict[str, Any]:
             letters_error = str(exc)
     else:
         letters_error = "not connected to RabbitMQ"
-    return {
-        "task_id": task_id,
-        "record": record,
-        "letters": letters,
-        "letters_error": letters_error,
-        "letters_partial": scanned,
-        "started": _started(record),
-    }
+    return {"letters": letters, "letters_error": letters_error, "letters_partial": scanned}
 
 
 def _started(record: TaskRecord | None) -> datetime | None:
@@ -196,11 +195,19 @@ def _started(record: TaskRecord | None) -> datetime | None:
 
 
 async def task(request: Request) -> Response:
-    return console_of(request).render(request, "task.html", await _task_context(request))
+    if not request.path_params["task_id"]:
+        return RedirectResponse("/flow", 303)
+    context = {**_task_context(request), **await _letters_context(request)}
+    return console_of(request).render(request, "task.html", context)
 
 
 async def task_fragment(request: Request) -> Response:
-    return console_of(request).render(request, "_task.html", await _task_context(request))
+    return console_of(request).render(request, "_task.html", _task_context(request))
+
+
+async def task_letters_fragment(request: Request) -> Response:
+    context = {**_task_context(request), **await _letters_context(request)}
+    return console_of(request).render(request, "_task_letters.html", context)
 
 
 def routes() -> list[Route]:
@@ -213,4 +220,5 @@ def routes() -> list[Route]:
         Route("/tasks", find_task),
         Route("/tasks/{task_id:path}", task),
         Route("/fragments/tasks/{task_id:path}", task_fragment),
+        Route("/fragments/task-letters/{task_id:path}", task_letters_fragment),
     ]

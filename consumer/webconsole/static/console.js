@@ -63,7 +63,14 @@
   }
 
   if (regions.length && window.EventSource) {
-    const source = new EventSource("/events");
+    // Ask only for what this page shows: its regions' kinds, and one task's events on its page.
+    const kinds = new Set(regions.flatMap((element) => (element.dataset.on || "").split(" ").filter(Boolean)));
+    const query = new URLSearchParams({ kinds: [...kinds].join(",") });
+    const tasks = new Set(regions.map((element) => element.dataset.task).filter((task) => task !== undefined));
+    if (tasks.size === 1 && !regions.some((element) => element.dataset.on.includes("flow") && element.dataset.task === undefined)) {
+      query.set("task", [...tasks][0]);
+    }
+    const source = new EventSource("/events?" + query.toString());
     let hellos = 0;
     source.addEventListener("hello", () => {
       setLive(true);
@@ -77,15 +84,19 @@
     source.addEventListener("error", () => setLive(false));
     for (const kind of ["fleet", "flow", "broker"]) {
       source.addEventListener(kind, (event) => {
-        let taskId = null;
+        let notice = {};
         try {
-          taskId = JSON.parse(event.data || "{}").task_id;
+          notice = JSON.parse(event.data || "{}");
         } catch (_) {
           // a malformed notice refreshes every region of its kind
         }
         for (const [element, refresh] of refreshers) {
           if (!(element.dataset.on || "").split(" ").includes(kind)) continue;
-          if (kind === "flow" && element.dataset.task !== undefined && taskId !== null && element.dataset.task !== taskId) continue;
+          if (kind === "flow" && notice.task_id != null) {
+            if (element.dataset.task !== undefined && element.dataset.task !== notice.task_id) continue;
+            const states = element.dataset.states;
+            if (states && notice.state != null && !states.split(" ").includes(notice.state)) continue;
+          }
           refresh();
         }
       });
