@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consumer.cli.console import ago, seconds_text
 from consumer.client import ClientError, DeadLetterNotFound
 from consumer.config import DaggerAdapterConfig
 from consumer.webconsole import views_dead_letters, views_live, views_submit
@@ -212,8 +213,8 @@ def make_templates() -> Jinja2Templates:
     env.filters["hms"] = lambda at: at.astimezone(UTC).strftime("%H:%M:%S") if at else "–"
     env.filters["stamp"] = lambda at: at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "–"
     env.filters["iso"] = lambda at: at.isoformat() if at else ""
-    env.filters["ago"] = views_live.ago
-    env.filters["ms"] = views_live.duration_text
+    env.filters["ago"] = ago
+    env.filters["ms"] = lambda ms: "–" if ms is None else seconds_text(ms)
     env.filters["pretty_json"] = lambda value: msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
     return Jinja2Templates(env=env)
 

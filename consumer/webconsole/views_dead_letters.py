@@ -161,96 +161,77 @@ async def _chosen(request: Request, form: dict[str, Any]) -> tuple[list[DeadLett
     return [letter for letter in letters if letter.id in wanted], "the chosen dead letters"
 
 
-def _preview(action: str) -> Any:
-    @mutation(Role.OPERATOR)
-    async def preview(request: Request) -> Response:
-        console = console_of(request)
-        form = request.state.form
-        try:
-            letters, what = await _chosen(request, form)
-        except ValueError as exc:
-            return console.render(request, "error.html", {"title": "Filter", "message": str(exc)}, 400)
-        if not letters:
-            return console.render(
-                request, "error.html", {"title": f"Nothing to {action}", "message": "No dead letter was chosen."}, 400
-            )
-        ids = list(dict.fromkeys(letter.id for letter in letters))
-        return console.render(request, "confirm.html", {"action": action, "letters": letters, "ids": ids, "what": what})
+def _refuse(request: Request, title: str, message: str) -> Response:
+    return console_of(request).render(request, "error.html", {"title": title, "message": message}, 400)
 
-    preview.__name__ = f"{action}_preview"
-    return preview
+
+def _back(request: Request, message: str, level: str = "ok") -> Response:
+    flash(request, message, level)
+    return RedirectResponse("/dead-letters", 303)
 
 
 def _ids(form: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(i for i in form.get("ids[]") or [] if isinstance(i, str) and i))
 
 
-def _act() -> tuple[Any, Any]:
+def _preview(action: str) -> Any:
     @mutation(Role.OPERATOR)
-    async def replay(request: Request) -> Response:
-        console = console_of(request)
-        ids = _ids(request.state.form)
-        if not ids:
-            return console.render(
-                request, "error.html", {"title": "Replay", "message": "No dead letter was chosen."}, 400
-            )
-        hub = console.hub
+    async def preview(request: Request) -> Response:
         try:
-            async with hub.dead_letter_lock:
-                moved = await hub.dead_letters().replay(Selector(ids=tuple(ids)))
-        except DeadLetterNotFound as exc:
-            flash(request, f"nothing replayed: the queue changed since the preview ({exc}); preview again", "error")
-            return RedirectResponse("/dead-letters", 303)
-        except ReplayIncomplete as exc:
-            flash(request, f"replayed {len(exc.moved)} of {len(ids)}, then: {exc}", "error")
-            return RedirectResponse("/dead-letters", 303)
-        log.info(
-            "console: replayed %d dead letter(s) for %s: %s",
-            len(moved),
-            client_of(request),
-            ", ".join(m.letter.id for m in moved),
-        )
-        tasks = ", ".join(sorted({m.letter.task_id or m.letter.id for m in moved})[:5])
-        flash(request, f"replayed {len(moved)} dead letter(s) to {hub.topology.tasks_exchange}: {tasks}")
-        return RedirectResponse("/dead-letters", 303)
+            letters, what = await _chosen(request, request.state.form)
+        except ValueError as exc:
+            return _refuse(request, "Filter", str(exc))
+        if not letters:
+            return _refuse(request, f"Nothing to {action}", "No dead letter was chosen.")
+        ids = list(dict.fromkeys(letter.id for letter in letters))
+        context = {"action": action, "letters": letters, "ids": ids, "what": what}
+        return console_of(request).render(request, "confirm.html", context)
 
-    @mutation(Role.OPERATOR)
-    async def purge(request: Request) -> Response:
-        console = console_of(request)
-        form = request.state.form
-        ids = _ids(form)
-        if form.get("confirm") != "purge":
-            return console.render(
-                request,
-                "error.html",
-                {"title": "Not purged", "message": "Purging needs the confirmation box ticked. Nothing was deleted."},
-                400,
-            )
-        if not ids:
-            return console.render(
-                request, "error.html", {"title": "Purge", "message": "No dead letter was chosen."}, 400
-            )
-        hub = console.hub
-        try:
-            async with hub.dead_letter_lock:
-                purged = await hub.dead_letters().purge(Selector(ids=tuple(ids)))
-        except DeadLetterNotFound as exc:
-            flash(request, f"nothing purged: the queue changed since the preview ({exc}); preview again", "error")
-            return RedirectResponse("/dead-letters", 303)
-        log.info(
-            "console: purged %d dead letter(s) for %s: %s",
-            len(purged),
-            client_of(request),
-            ", ".join(letter.id for letter in purged),
-        )
-        flash(request, f"purged {len(purged)} dead letter(s) from {hub.topology.dead_queue}")
-        return RedirectResponse("/dead-letters", 303)
+    preview.__name__ = f"{action}_preview"
+    return preview
 
-    return replay, purge
+
+@mutation(Role.OPERATOR)
+async def replay(request: Request) -> Response:
+    ids = _ids(request.state.form)
+    if not ids:
+        return _refuse(request, "Replay", "No dead letter was chosen.")
+    hub = console_of(request).hub
+    try:
+        async with hub.dead_letter_lock:
+            moved = await hub.dead_letters().replay(Selector(ids=tuple(ids)))
+    except DeadLetterNotFound as exc:
+        return _back(request, f"nothing replayed: the queue changed since the preview ({exc}); preview again", "error")
+    except ReplayIncomplete as exc:
+        return _back(request, f"replayed {len(exc.moved)} of {len(ids)}, then: {exc}", "error")
+    log.info("console: replayed %d dead letter(s) for %s: %s", len(moved), client_of(request), _listed(moved))
+    tasks = ", ".join(sorted({m.letter.task_id or m.letter.id for m in moved})[:5])
+    return _back(request, f"replayed {len(moved)} dead letter(s) to {hub.topology.tasks_exchange}: {tasks}")
+
+
+@mutation(Role.OPERATOR)
+async def purge(request: Request) -> Response:
+    form = request.state.form
+    ids = _ids(form)
+    if form.get("confirm") != "purge":
+        return _refuse(request, "Not purged", "Purging needs the confirmation box ticked. Nothing was deleted.")
+    if not ids:
+        return _refuse(request, "Purge", "No dead letter was chosen.")
+    hub = console_of(request).hub
+    try:
+        async with hub.dead_letter_lock:
+            purged = await hub.dead_letters().purge(Selector(ids=tuple(ids)))
+    except DeadLetterNotFound as exc:
+        return _back(request, f"nothing purged: the queue changed since the preview ({exc}); preview again", "error")
+    log.info("console: purged %d dead letter(s) for %s: %s", len(purged), client_of(request), _listed(purged))
+    return _back(request, f"purged {len(purged)} dead letter(s) from {hub.topology.dead_queue}")
+
+
+def _listed(items: list[Any]) -> str:
+    return ", ".join(getattr(item, "letter", item).id for item in items)
 
 
 def routes() -> list[Route]:
-    replay, purge = _act()
     return [
         Route("/dead-letters", list_letters),
         Route("/fragments/dead-letters-changed", changed_fragment),

@@ -20,29 +20,6 @@ CHART_WIDTH, CHART_HEIGHT = 1200, 110
 TASK_LETTER_SCAN = 5_000  # dead letters looked through for one task's letters
 
 
-def ago(when: datetime | None, now: datetime | None = None) -> str:
-    if when is None:
-        return "–"
-    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
-    if seconds < 1:
-        return "just now"
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.0f} h ago"
-
-
-def duration_text(ms: int | None) -> str:
-    if ms is None:
-        return "–"
-    if ms < 1000:
-        return f"{ms} ms"
-    if ms < 120_000:
-        return f"{ms / 1000:.1f} s"
-    return f"{ms / 60_000:.1f} min"
-
-
 # --- fleet ---
 def _fleet_context(request: Request) -> dict[str, Any]:
     hub = console_of(request).hub
