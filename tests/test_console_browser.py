@@ -252,7 +252,7 @@ async def test_a_failing_command_shows_its_reason_in_the_dead_letters_and_is_rep
 
 
 async def test_purge_needs_an_explicit_confirmation(
-    console: ConsoleProcess, amqp: AbstractRobustConnection, topology_spec: Topology, page: Page
+    console: ConsoleProcess, amqp: AbstractRobustConnection, topology_spec: Topology, page: Page, tmp_path: Path
 ) -> None:
     declared = await declare(amqp, topology_spec)
     await put_dead_letter(declared, client_command("t-keep"), error="keep me")
@@ -267,6 +267,7 @@ async def test_purge_needs_an_explicit_confirmation(
     await page.click("text=Purge all 1 matching…")
     await expect(page.get_by_test_id("preview")).to_contain_text("t-drop")
     await expect(page.get_by_test_id("preview")).not_to_contain_text("t-keep")
+    await screenshot(page, "purge-confirm", tmp_path)
 
     # Without the box ticked the browser does not send the form, and the server refuses it anyway.
     await page.click("button:has-text('Purge 1')")
@@ -326,6 +327,8 @@ async def test_beyond_loopback_every_request_needs_a_token(
         # In the browser: the sign-in page, a wrong token refused, the viewer token read-only.
         response = await page.goto(url + "dead-letters")
         assert response is not None and response.status == 401
+        await expect(page.locator("body")).not_to_contain_text(console_env["DAGGER_ADAPTER_TOPOLOGY_PREFIX"])
+        await screenshot(page, "sign-in", tmp_path)
         await page.fill("input[name=token]", "wrong-" + viewer)
         await page.click("button.primary")
         await expect(page.locator("main")).to_contain_text("That token is not valid here")

@@ -178,9 +178,8 @@ async def events(request: Request) -> Response:
 # --- errors: a page with the reason, never a stack trace ---
 async def broker_error(request: Request, exc: Exception) -> Response:
     console = console_of(request)
-    console.hub.retry_now()
     message = str(exc) or type(exc).__name__
-    if isinstance(exc, aiormq.exceptions.AMQPError | ConnectionError | RuntimeError):
+    if isinstance(exc, aiormq.exceptions.AMQPError | ConnectionError | aiormq.exceptions.ChannelInvalidStateError):
         message = f"lost the connection to RabbitMQ ({message}); the console reconnects by itself"
     return console.render(request, "error.html", {"title": "RabbitMQ", "message": message, "retry": True}, 503)
 
@@ -273,6 +272,7 @@ def create_app(
             ClientError: broker_error,
             aiormq.exceptions.AMQPError: broker_error,
             ConnectionError: broker_error,
+            aiormq.exceptions.ChannelInvalidStateError: broker_error,  # a channel closed under us
         },
     )
     app.state.console = console

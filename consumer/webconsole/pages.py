@@ -9,12 +9,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from consumer.webconsole.hub import Hub
 from consumer.webconsole.security import Access, Role, csrf_ok, csrf_token
+
+MAX_BODY = 2 * 1024 * 1024  # bytes of a POST (a pasted command is at most 256 KiB)
 
 
 @dataclass
@@ -72,8 +75,16 @@ def mutation(role: Role) -> Callable[[View], View]:
     def wrap(view: View) -> View:
         async def guarded(request: Request) -> Response:
             console = console_of(request)
+            length = request.headers.get("content-length", "0")
+            if not length.isdigit() or int(length) > MAX_BODY:
+                return console.render(
+                    request, "error.html", {"title": "Too large", "message": "That request is too large."}, 413
+                )
             if request.headers.get("content-type", "").startswith("application/json"):
-                data = await request.json() if await request.body() else {}
+                try:
+                    data = msgspec.json.decode(await request.body()) if length != "0" else {}
+                except msgspec.DecodeError:
+                    data = {}
                 form: dict[str, Any] = data if isinstance(data, dict) else {}
                 submitted = request.headers.get("x-csrf-token")
             else:
