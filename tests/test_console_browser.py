@@ -234,6 +234,7 @@ async def test_a_failing_command_shows_its_reason_in_the_dead_letters_and_is_rep
     await page.goto(console.url + "tasks/" + task_id)
     await expect(page.get_by_test_id("task-error")).to_contain_text("exited with code 3")
     await expect(page.locator("#task")).to_contain_text("dead lettered")
+    await expect(page.locator("#task-letters")).to_contain_text("exited with code 3")
 
     # Replay after the cause is fixed: a preview first, then exactly what it showed.
     fixed.set()

@@ -103,6 +103,16 @@
     }
   }
 
+  // "/" jumps to the task search box, as in most consoles.
+  const find = document.querySelector(".find input");
+  document.addEventListener("keydown", (event) => {
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement?.tagName || "");
+    if (event.key === "/" && find && !typing && !event.ctrlKey && !event.metaKey) {
+      event.preventDefault();
+      find.focus();
+    }
+  });
+
   // Dead letters: a header checkbox ticks every row of its form.
   for (const all of document.querySelectorAll("[data-select-all]")) {
     all.addEventListener("change", () => {
