@@ -23,10 +23,10 @@ from aio_pika.abc import AbstractRobustConnection
 from playwright.async_api import Page, expect
 
 from consumer.client import DeadLetterQueue, ExecutionClient
-from schemas import ErrorCategory, ExecutionResult, StatusEvent, TaskState, encode
+from schemas import ErrorCategory, ExecutionResult, ExecutionType, StatusEvent, TaskState, encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
 from tests.support.console_process import ConsoleProcess, Relay, launch_browser, screenshot
-from tests.support.worker_process import Observer, WorkerProcess, command, worker_settings
+from tests.support.worker_process import Observer, WorkerProcess, command, wait_until, worker_settings
 from tests.test_client_support import command as client_command
 from tests.test_client_support import put_dead_letter
 from topology import Topology, declare
@@ -50,7 +50,7 @@ def console_env(amqp_url: str, valkey_url: str, topology_spec: Topology, tmp_pat
 async def console(console_env: dict[str, str], observer: Observer, tmp_path: Path) -> AsyncIterator[ConsoleProcess]:
     process = ConsoleProcess(console_env, tmp_path / "console.log", "--bind", "127.0.0.1:0")
     try:
-        await process.listening()
+        await process.connected()
         yield process
     finally:
         process.stop()
@@ -114,6 +114,19 @@ def gated_echo(engine: TestEngine, gate: threading.Event) -> None:
         return ExecOutcome(stdout=record.env.get("GREETING", "") + "\n")
 
     engine.on_exec(["sh"], answer)
+
+
+async def publish_result(amqp: AbstractRobustConnection, spec: Topology, task_id: str, success: bool = True) -> None:
+    """A result on the results exchange, as a worker publishes it (with a message id)."""
+    declared = await declare(amqp, spec)
+    outcome = "succeeded" if success else "failed"
+    await declared.results.publish(
+        aio_pika.Message(
+            encode(ExecutionResult(task_id=task_id, success=success, execution_type=ExecutionType.DAGGER_PIPELINE)),
+            message_id=uuid.uuid4().hex,
+        ),
+        routing_key=spec.result_routing_key("dagger_pipeline", outcome),
+    )
 
 
 # --- tests ---
@@ -402,7 +415,13 @@ async def test_hostile_task_ids_render_as_inert_text(
 
 
 async def test_an_unreachable_broker_is_a_banner_and_the_console_recovers(
-    console_env: dict[str, str], observer: Observer, amqp_url: str, page: Page, tmp_path: Path
+    console_env: dict[str, str],
+    observer: Observer,
+    amqp_url: str,
+    amqp: AbstractRobustConnection,
+    topology_spec: Topology,
+    page: Page,
+    tmp_path: Path,
 ) -> None:
     async with Relay(amqp_url) as relay:
         relay.down()
@@ -423,10 +442,62 @@ async def test_an_unreachable_broker_is_a_banner_and_the_console_recovers(
             await expect(banner).to_have_count(0, timeout=WAIT)
             await expect(page.locator("main")).to_contain_text("The dead-letter queue is empty")
 
-            await page.goto(url)
+            await page.goto(url + "flow")
             relay.down()  # the connection drops under an open page: the banner comes live
             await expect(banner).to_contain_text("RabbitMQ", timeout=WAIT)
+            # A result published meanwhile is not lost: the console reads on from the results stream.
+            await publish_result(amqp, topology_spec, "while-away")
             relay.up()  # and goes once the console is back by itself
             await expect(banner).to_have_count(0, timeout=WAIT)
+            await expect(page.locator("#flow")).to_contain_text("while-away", timeout=WAIT)
         finally:
             process.stop()
+
+
+async def test_results_from_before_the_console_started_are_read_back_from_the_results_stream(
+    console_env: dict[str, str],
+    observer: Observer,
+    amqp: AbstractRobustConnection,
+    topology_spec: Topology,
+    tmp_path: Path,
+) -> None:
+    await publish_result(amqp, topology_spec, "earlier-ok")
+    await publish_result(amqp, topology_spec, "earlier-failed", success=False)
+    await observer.wait_for(lambda: len(observer.results) == 2, 10, "the results")
+    process = ConsoleProcess(console_env, tmp_path / "console.log", "--bind", "127.0.0.1:0", "--since", "10m")
+    try:
+        url = await process.listening()
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+
+            async def flow() -> str:
+                return (await http.get("/fragments/flow?kind=result")).text
+
+            async def both_shown() -> bool:
+                shown = await flow()
+                return "earlier-ok" in shown and "earlier-failed" in shown
+
+            await wait_until(both_shown, 15, "the results read back from the stream")
+            task = await http.get("/tasks/earlier-failed")
+            assert 'data-testid="task-outcome"><span class="badge b-bad">failed' in task.text
+            rate = (await http.get("/fragments/rate")).text
+            assert 'data-testid="rate-ok">1<' in rate and 'data-testid="rate-failed">1<' in rate
+    finally:
+        process.stop()
+    without = ConsoleProcess(console_env, tmp_path / "none.log", "--bind", "127.0.0.1:0", "--since", "0s")
+    try:
+        url = await without.listening()
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+
+            async def connected() -> bool:
+                return "RabbitMQ" not in (await http.get("/fragments/banner")).text
+
+            await wait_until(connected, 15, "the console to connect")
+            await publish_result(amqp, topology_spec, "later")
+
+            async def later_shown() -> bool:
+                return "later" in (await http.get("/fragments/flow")).text
+
+            await wait_until(later_shown, 15, "the live result")
+            assert "earlier" not in (await http.get("/fragments/flow")).text
+    finally:
+        without.stop()

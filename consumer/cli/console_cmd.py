@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import logging
 import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from consumer.cli.arg_types import positive_int
+from consumer.cli.arg_types import positive_int, since
 from consumer.cli.common import EXIT_OK, EXIT_USAGE, CliError, config_from
 from consumer.cli.connect import quiet_amqp_logs
 from consumer.cli.console import notice
@@ -42,6 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--examples",
         metavar="DIR",
         help="command files offered on the submit page (default: ./examples when it exists)",
+    )
+    parser.add_argument(
+        "--since",
+        type=since,
+        default=timedelta(hours=1),
+        metavar="WHEN",
+        help="start with the results the results stream keeps since WHEN: 30m, 1h (default), 7d back, an ISO "
+        "time, or 0s for none",
     )
     parser.add_argument(
         "--history",
@@ -80,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
     if args.examples and not examples.is_dir():
         raise CliError(f"--examples {args.examples}: not a directory", EXIT_USAGE)
     try:
+        backfill = args.since if isinstance(args.since, timedelta) else datetime.now(UTC) - args.since
         app = create_app(
-            config, loopback=loopback, examples=examples if examples.is_dir() else None, history_size=args.history
+            config,
+            loopback=loopback,
+            examples=examples if examples.is_dir() else None,
+            history_size=args.history,
+            backfill=max(backfill, timedelta(0)),
         )
     except AccessError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -30,7 +30,7 @@ from consumer.cli.console import ago, seconds_text
 from consumer.client import ClientError, DeadLetterNotFound
 from consumer.config import DaggerAdapterConfig
 from consumer.webconsole import views_dead_letters, views_live, views_submit
-from consumer.webconsole.hub import Hub, Notice
+from consumer.webconsole.hub import DEFAULT_BACKFILL, Hub, Notice
 from consumer.webconsole.pages import Console, console_of, flash, mutation, text_value
 from consumer.webconsole.security import LOCAL_HOSTS, Access, Role, csrf_ok, safe_next
 
@@ -165,7 +165,7 @@ async def events(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         with hub.listen() as notices:
-            yield ServerSentEvent(data="{}", event="hello")
+            yield ServerSentEvent(data=msgspec.json.encode({"version": hub.version}).decode(), event="hello")
             while True:
                 notice = await notices.get()
                 if wanted(notice):
@@ -207,6 +207,7 @@ def make_templates() -> Jinja2Templates:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["url_part"] = lambda value: quote(str(value), safe="")  # one path segment, whatever it holds
     env.filters["task_url"] = lambda task_id: "/tasks/" + quote(str(task_id), safe="")
     env.filters["letter_url"] = lambda letter_id: "/dead-letters/" + quote(str(letter_id), safe="")
     env.filters["hms"] = lambda at: at.astimezone(UTC).strftime("%H:%M:%S") if at else "–"
@@ -224,11 +225,12 @@ def create_app(
     loopback: bool,
     examples: Path | None = None,
     history_size: int | None = None,
-    hub: Hub | None = None,
+    backfill: timedelta = DEFAULT_BACKFILL,
 ) -> Starlette:
-    """The console for ``config``. ``loopback``: whether it is bound to a loopback address only."""
+    """The console for ``config``. ``loopback``: whether it is bound to a loopback address only;
+    ``backfill``: how far back to read the results stream at start."""
     access = Access(config.console_token, config.console_operator_token, loopback)
-    hub = hub or Hub(config, history_size=history_size)
+    hub = Hub(config, history_size=history_size, backfill=backfill)
     console = Console(hub, access, make_templates(), examples)
 
     @contextlib.asynccontextmanager

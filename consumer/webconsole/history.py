@@ -51,11 +51,14 @@ class TaskRecord:
 
     @property
     def state(self) -> str:
-        """The latest known state (a result's outcome wins over status events)."""
-        if self.timeline:
-            last = self.timeline[-1]
-            return last.state if last.state != "result" else self.outcome or "result"
-        return "unknown"
+        """The latest known state (a result's outcome wins over status events; a heartbeat says
+        it is running)."""
+        if not self.timeline:
+            return "unknown"
+        last = self.timeline[-1].state
+        if last == "result":
+            return self.outcome or "result"
+        return TaskState.RUNNING.value if last == TaskState.HEARTBEAT.value else last
 
     @property
     def outcome(self) -> str | None:
@@ -202,14 +205,20 @@ class History:
             )
         )
 
-    def add_result(self, result: ExecutionResult, now: datetime | None = None) -> None:
+    def add_result(self, result: ExecutionResult, now: datetime | None = None) -> bool:
+        """Record ``result``; False (nothing recorded) when it is one already recorded."""
         now = now or datetime.now(UTC)
+        known = self.tasks.get(result.task_id)
+        if known is not None and result in known.results:
+            return False
+        # A result read back from the results stream counts in the minute it finished.
+        at = min(result.finished_at, now) if result.finished_at else now
         self.results_seen += 1
         self._record(result.task_id, now).add_result(result, now)
-        self.rate.add(result.success, now)
+        self.rate.add(result.success, at)
         self.flow.append(
             FlowEntry(
-                now,
+                at,
                 result.task_id,
                 "result",
                 result.outcome.value,
@@ -222,6 +231,7 @@ class History:
                 result.cached,
             )
         )
+        return True
 
     def add_note(self, task_id: str, state: str, detail: str | None = None, now: datetime | None = None) -> None:
         """Something the console itself did with a task (``submitted``): on its timeline only."""

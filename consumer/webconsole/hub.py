@@ -19,7 +19,7 @@ import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
 from consumer.broker import BrokerUnavailable, connect_broker
-from consumer.client import ClientError, DeadLetterQueue, ExecutionClient
+from consumer.client import ClientError, DeadLetterQueue, ExecutionClient, Subscription, TopologyMissing
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
 from consumer.webconsole.history import History
 from schemas import ExecutionResult, StatusEvent, WorkerHeartbeat
@@ -32,7 +32,11 @@ RETRY_MAX_SECONDS = 15.0
 STALE_AFTER_INTERVALS = 3  # as `dagger-adapter status`
 LATE_AFTER_INTERVALS = 1.8
 FORGET_AFTER_SECONDS = 600.0  # a worker unheard this long leaves the fleet table
-NOTICE_BACKLOG = 256  # notices queued per page before the oldest are dropped (a slow page refetches anyway)
+NOTICE_BACKLOG = 256
+DEFAULT_BACKFILL = timedelta(hours=1)
+RESUME_MARGIN = timedelta(
+    seconds=5
+)  # read a little before the last result seen: duplicates are dropped  # notices queued per page before the oldest are dropped (a slow page refetches anyway)
 
 
 @dataclass
@@ -73,8 +77,18 @@ class Notice:
 
 
 class Hub:
-    def __init__(self, config: DaggerAdapterConfig, *, history_size: int | None = None) -> None:
+    def __init__(
+        self,
+        config: DaggerAdapterConfig,
+        *,
+        history_size: int | None = None,
+        backfill: timedelta = DEFAULT_BACKFILL,
+    ) -> None:
         self.config = config
+        # Results from the results stream read at start (then, after a reconnect, from the last
+        # one seen, so a dropped connection loses none); zero: only what happens from now on.
+        self.backfill = backfill
+        self._last_result_at: datetime | None = None
         self.topology = topology_for(config)
         self.where = redact_url(config.amqp_url)
         self.history = History(history_size) if history_size else History()
@@ -87,6 +101,9 @@ class Hub:
         # once would each see part of it. One at a time in this process.
         self.dead_letter_lock = asyncio.Lock()
         self._listeners: set[asyncio.Queue[Notice]] = set()
+        # Counts notices: a page knows the one it was rendered at, and the event stream says the
+        # current one when it (re)connects, so a page catches up on what changed in between.
+        self.version = 0
         self._retry_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -123,7 +140,7 @@ class Hub:
             client = ExecutionClient(connection, self.topology)
             try:
                 await client.start()
-                async with client.results() as results, client.status() as status:
+                async with await self._results(client) as results, client.status() as status:
                     self.connection, self.client = connection, client
                     self._up()
                     delay = 1.0
@@ -156,6 +173,21 @@ class Hub:
             await self._pause(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
+    async def _results(self, client: ExecutionClient) -> Subscription[ExecutionResult]:
+        """Results from the stream since the backfill window (or the last one seen), then live;
+        live only when the topology has no results stream."""
+        since = (self._last_result_at - RESUME_MARGIN) if self._last_result_at else datetime.now(UTC) - self.backfill
+        if not self.backfill and self._last_result_at is None:
+            return client.results()
+        stream = client.results(since=since)
+        try:
+            await stream.open()
+        except TopologyMissing:
+            await stream.close()
+            log.warning("console: no results stream in this topology; showing results from now on")
+            return client.results()
+        return stream
+
     async def _pause(self, seconds: float) -> None:
         self._retry_now.clear()
         with contextlib.suppress(TimeoutError):
@@ -186,7 +218,9 @@ class Hub:
                 self.history.add_status(event, now)
                 self.notify(Notice("flow", event.task_id, event.state.value))
             elif isinstance(event, ExecutionResult):
-                self.history.add_result(event, now)
+                self._last_result_at = now
+                if not self.history.add_result(event, now):
+                    continue  # read again after a reconnect
                 self.notify(Notice("flow", event.task_id, event.outcome.value))
 
     def _heartbeat(self, beat: WorkerHeartbeat, now: datetime) -> None:
@@ -212,6 +246,7 @@ class Hub:
 
     # --- what goes out ---
     def notify(self, notice: Notice) -> None:
+        self.version += 1
         for queue in self._listeners:
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):

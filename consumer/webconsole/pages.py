@@ -44,6 +44,7 @@ class Console:
             "now": datetime.now(UTC),
             "flash": flash,
             "path": request.url.path,
+            "version": self.hub.version,
         }
         return self.templates.TemplateResponse(request, name, {**base, **(context or {})}, status_code=status)
 

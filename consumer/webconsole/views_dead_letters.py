@@ -7,8 +7,8 @@ changed meanwhile (another operator replayed one), nothing moves and the page sa
 
 from __future__ import annotations
 
+import argparse
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from consumer.cli.arg_types import since
 from consumer.client import DeadLetter, DeadLetterNotFound, ReplayIncomplete, Selector
 from consumer.webconsole.pages import client_of, console_of, flash, mutation
 from consumer.webconsole.security import Role
@@ -27,18 +28,17 @@ log = logging.getLogger(__name__)
 SCAN_LIMIT = 5_000  # dead letters read per page view (the page says when there are more)
 SHOW_LIMIT = 500  # rows shown
 CATEGORIES = [*(c.value for c in ErrorCategory), "unknown"]
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, None: 60}
 
 
-def parse_age(text: str | None) -> timedelta | None:
-    """``30m``, ``2h``, ``1d``, ``45s`` (a bare number is minutes); None when empty."""
+def cutoff(text: str | None, now: datetime) -> datetime | None:
+    """A point in time from ``30m``, ``2h``, ``1d`` (back from ``now``) or an ISO time; None when empty."""
     if not text or not text.strip():
         return None
-    match = _AGE.match(text.lower())
-    if match is None:
-        raise ValueError(f"not an age: {text!r} (try 30m, 2h or 1d)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        value = since(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+    return now - value if isinstance(value, timedelta) else value
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class LetterFilter:
     category: str | None = None
     text: str | None = None  # in the error, case-insensitive
     task_id: str | None = None  # a substring of the task id
-    newer_than: str | None = None  # an age: dead-lettered at most this long ago
+    newer_than: str | None = None  # 2h (dead-lettered at most this long ago) or an ISO time
     older_than: str | None = None
 
     @classmethod
@@ -79,7 +79,7 @@ class LetterFilter:
         return {k: v for k, v in pairs.items() if v}
 
     def select(self, letters: list[DeadLetter], now: datetime) -> list[DeadLetter]:
-        newer, older = parse_age(self.newer_than), parse_age(self.older_than)
+        newer, older = cutoff(self.newer_than, now), cutoff(self.older_than, now)
         out = []
         for letter in letters:
             if self.category and letter.category != self.category:
@@ -89,9 +89,9 @@ class LetterFilter:
             if self.task_id and self.task_id not in (letter.task_id or ""):
                 continue
             when = letter.when
-            if newer is not None and (when is None or when < now - newer):
+            if newer is not None and (when is None or when < newer):
                 continue
-            if older is not None and (when is None or when > now - older):
+            if older is not None and (when is None or when > older):
                 continue
             out.append(letter)
         return out

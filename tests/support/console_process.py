@@ -66,6 +66,16 @@ class ConsoleProcess:
         self.url = match.group(1)
         return self.url
 
+    async def connected(self, timeout: float = 30) -> str:
+        """The base URL, once the console listens and has connected to RabbitMQ (its log says so)."""
+        url = await self.listening(timeout)
+        deadline = time.monotonic() + timeout
+        while "console connected to RabbitMQ" not in self.output():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the console did not connect within {timeout} s:\n{self.output()}")
+            await asyncio.sleep(0.05)
+        return url
+
     async def exited(self, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
         while (code := self.process.poll()) is None:

@@ -72,13 +72,19 @@
     }
     const source = new EventSource("/events?" + query.toString());
     let hellos = 0;
-    source.addEventListener("hello", () => {
+    source.addEventListener("hello", (event) => {
       setLive(true);
-      // Events may have been missed between rendering the page (or losing the stream) and now:
-      // after a reconnect refresh everything once; on the first connect, the banner.
-      const first = hellos++ === 0;
+      // Whatever changed between rendering the page (or losing the stream) and now was not
+      // announced to this page: catch up once. The version counts the hub's notices.
+      let version = null;
+      try {
+        version = String(JSON.parse(event.data || "{}").version);
+      } catch (_) {
+        // unknown: catch up
+      }
+      const missed = hellos++ > 0 || version !== document.body.dataset.version;
       for (const [element, refresh] of refreshers) {
-        if (!first || element.dataset.on === "broker") refresh();
+        if (missed || element.dataset.on === "broker") refresh();
       }
     });
     source.addEventListener("error", () => setLive(false));
