@@ -35,7 +35,7 @@ import valkey.asyncio as valkey_asyncio
 from valkey.exceptions import ValkeyError
 
 from consumer.config import redact_url
-from consumer.embedded_valkey import CLIENT_NAME, EmbeddedValkey, leave, start_or_join
+from consumer.embedded_valkey import CLIENT_NAME, EmbeddedValkey, answers, leave, start_or_join
 from schemas import ExecutionResult, ExecutionType, RegistryCredentials, decode, encode
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,17 @@ class CacheManager:
 
     def _start_embedded(self) -> EmbeddedValkey:
         return start_or_join(self._data_directory)
+
+    async def revive_embedded(self) -> bool:
+        """When the host's embedded Valkey we use has died (killed, crashed), start it again
+        (its AOF brings the data back) or join the one another process started meanwhile.
+        False when there is no embedded Valkey to revive."""
+        if self._server is None:
+            return False
+        if not answers(self._server.socket_path):
+            log.warning("the embedded Valkey at %s is gone; starting it again", self._server.url)
+            self._server = await asyncio.to_thread(start_or_join, self._data_directory)
+        return True
 
     async def get(self, key: str) -> ExecutionResult | None:
         if self._client is None or not self.in_use:

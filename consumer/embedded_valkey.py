@@ -41,7 +41,7 @@ class EmbeddedValkey:
     process: subprocess.Popen[bytes] | None = None  # the server process, when this process started it
 
 
-def _answers(socket_path: Path) -> bool:
+def answers(socket_path: Path) -> bool:
     """Whether a Valkey answers PING on ``socket_path``."""
     if not socket_path.exists():
         return False
@@ -75,7 +75,7 @@ def start_or_join(directory: Path) -> EmbeddedValkey:
     url = f"unix://{socket_path}"
     with open(directory / LOCK_NAME, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; released when the file closes
-        if _answers(socket_path):
+        if answers(socket_path):
             log.info("joined the embedded Valkey of this host at %s", url)
             return EmbeddedValkey(url, socket_path)
         server = ValkeyServer(data_dir=directory, persist=True, port=0, unix_socket_path=socket_path, **PERSISTENCE)
@@ -99,7 +99,7 @@ async def leave(embedded: EmbeddedValkey, client: Any) -> None:
             return
         await client.execute_command("SHUTDOWN")
     except Exception as exc:  # SHUTDOWN drops the connection: that is how it answers
-        if _answers(embedded.socket_path):
+        if answers(embedded.socket_path):
             log.info("embedded Valkey not shut down: %s", exc)
             return
     if embedded.process is not None:

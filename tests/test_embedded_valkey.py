@@ -18,7 +18,7 @@ import valkey.asyncio as valkey_asyncio
 import valkey.exceptions as valkey_exceptions
 
 from consumer.cache import CacheManager
-from consumer.embedded_valkey import CLIENT_NAME, _answers, leave, socket_path_for, start_or_join
+from consumer.embedded_valkey import CLIENT_NAME, answers, leave, socket_path_for, start_or_join
 
 STARTER = """
 import sys, time, valkey
@@ -60,7 +60,7 @@ async def test_processes_share_one_server_which_outlives_its_starter_and_keeps_i
 
         await leave(joined, client)  # the last one out shuts it down
         await client.aclose()
-        assert not _answers(directory / "valkey.sock")
+        assert not answers(directory / "valkey.sock")
 
         again = await asyncio.to_thread(start_or_join, directory)  # started anew: the data is back
         assert again.process is not None
@@ -68,7 +68,7 @@ async def test_processes_share_one_server_which_outlives_its_starter_and_keeps_i
         assert await client.get("after") == b"the starter died"
         await leave(again, client)
         await client.aclose()
-        assert not _answers(directory / "valkey.sock")
+        assert not answers(directory / "valkey.sock")
     finally:
         if starter.poll() is None:
             starter.kill()
@@ -85,7 +85,7 @@ async def test_a_cache_manager_leaves_the_server_running_while_another_uses_it(d
         await other.ping()
         await first.close()
         await second.close()
-        assert _answers(directory / "valkey.sock")  # "another-process" still uses it
+        assert answers(directory / "valkey.sock")  # "another-process" still uses it
     finally:
         with contextlib.suppress(valkey_exceptions.ConnectionError):  # how SHUTDOWN answers
             await other.execute_command("SHUTDOWN")

@@ -64,3 +64,24 @@ def test_the_declaring_names_are_still_reachable_from_the_topology_package() -> 
     from topology.declaring import declare as declaring_function
 
     assert declare is declaring_function and TopologyConflict is Conflict
+
+
+ROLES = ("tasks", "results", "status", "dead", "retry", "results.history")
+
+
+def test_only_topology_names_exchanges_and_queues() -> None:
+    """No string in consumer/ or schemas/ spells one of our exchange or queue names (or the
+    ``.<role>`` suffix a prefix would be glued to): they come from ``topology.spec``."""
+    import ast
+    import re
+    from pathlib import Path
+
+    name = re.compile(r"(^|dagger)\.(" + "|".join(re.escape(r) for r in ROLES) + r")(\.|$)")
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for package in ("consumer", "schemas"):
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and name.search(node.value):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {node.value!r}")
+    assert found == []

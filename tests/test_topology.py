@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 
 from schemas import ExecutionType
-from topology import Topology, TopologyConflict, declare
+from topology import Topology, TopologyConflict, declare, delete
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -203,6 +203,17 @@ async def declare_old_classic_tiers(amqp: aio_pika.abc.AbstractRobustConnection,
 
 
 async def test_an_old_deployment_gets_a_clear_message_and_migrate_moves_its_waiting_retries(
+    amqp: aio_pika.abc.AbstractRobustConnection, topology_spec: Topology, amqp_url: str
+) -> None:
+    # A long top tier, so the waiting retries cannot come due before the migration on a slow machine.
+    spec = Topology(prefix=topology_spec.prefix, retry_delays_seconds=(0.2, 1.0, 600.0), delivery_limit=3)
+    try:
+        await migrating_an_old_deployment(amqp, spec, amqp_url)
+    finally:
+        await delete(amqp, spec)
+
+
+async def migrating_an_old_deployment(
     amqp: aio_pika.abc.AbstractRobustConnection, topology_spec: Topology, amqp_url: str
 ) -> None:
     await declare_old_classic_tiers(amqp, topology_spec)

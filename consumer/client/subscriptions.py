@@ -55,6 +55,7 @@ class Subscription(Generic[E]):
         self._iterator: AbstractQueueIterator | None = None
         self._closed = False
         self.stream = stream
+        self.queue_name: str | None = None  # the queue read, once open
         self._stream_offset = stream_offset
         self.on_close: Callable[[Subscription[E]], None] | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -88,6 +89,7 @@ class Subscription(Generic[E]):
             raise
         self._channel = channel
         self._iterator = iterator
+        self.queue_name = queue.name
 
     def __aiter__(self) -> Subscription[E]:
         return self

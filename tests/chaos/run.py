@@ -132,7 +132,7 @@ class Fleet:
         self.workers.append(worker)
         return worker
 
-    async def every_worker_consuming(self, fault: str, timeout: float = 90.0) -> None:
+    async def every_worker_consuming(self, fault: str, timeout: float = 240.0) -> None:
         """Every live worker says it is ready in a heartbeat written after the fault, and the
         broker has one consumer on the tasks queue per live worker."""
         since = time.time()
