@@ -83,6 +83,10 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     health_file: str | None = None
     # RabbitMQ's consumer_timeout (not readable over AMQP): the worker warns when timeout_seconds exceeds it.
     broker_consumer_timeout_seconds: PositiveFloat = 1800.0
+    # `dagger-adapter console`: the viewer token (required to bind beyond loopback) and the operator
+    # token (without it the console is read-only). Never logged.
+    console_token: str | None = None
+    console_operator_token: str | None = None
     # What one command may ask of a worker (schemas.limits; README "Security model").
     max_message_bytes: Bound = DEFAULT_LIMITS.max_message_bytes
     max_json_depth: JsonDepth = DEFAULT_LIMITS.max_json_depth
@@ -123,9 +127,13 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
                 value = redact_url(value)
             elif name == "container_credentials" and value is not None:
                 value = repr(value)
+            elif name in _SECRET_FIELDS and value:
+                value = "***"
             out[name] = value
         return out
 
+
+_SECRET_FIELDS = ("console_token", "console_operator_token")
 
 AMQP_SCHEMES = ("amqp", "amqps")
 

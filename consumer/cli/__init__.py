@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from consumer.cli import (
+    console_cmd,
     dlq_cmd,
     health_cmd,
     results_cmd,
@@ -20,7 +21,18 @@ from consumer.cli import (
 from consumer.cli.common import EXIT_USAGE, CliError, fail
 from consumer.version import package_version, sdk_version
 
-VERBS = (worker_cmd, submit_cmd, results_cmd, status_cmd, dlq_cmd, run_cmd, health_cmd, topology_cmd, schema_cmd)
+VERBS = (
+    worker_cmd,
+    submit_cmd,
+    results_cmd,
+    status_cmd,
+    dlq_cmd,
+    console_cmd,
+    run_cmd,
+    health_cmd,
+    topology_cmd,
+    schema_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,13 @@ def read_command(
     """Load and fully validate a command. ``task_id`` and ``execution_type`` override the
     document's; a document without a task id gets a fresh one (uuid4 hex)."""
     name = "stdin" if source == "-" else source
-    text = _read(source, stdin or sys.stdin)
+    return command_from_text(_read(source, stdin or sys.stdin), name, task_id=task_id, execution_type=execution_type)
+
+
+def command_from_text(
+    text: str, name: str, *, task_id: str | None = None, execution_type: str | None = None
+) -> ExecutionCommand:
+    """``read_command`` for a document already in hand (``name`` says where it came from)."""
     data = parse_document(text, name)
     if task_id is not None:
         data["task_id"] = task_id
