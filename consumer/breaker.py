@@ -1,8 +1,11 @@
 """A circuit breaker (aiobreaker) around the Dagger engine.
 
 Only failures that say the *engine* is in trouble count (category ``transient``: unreachable,
-transport errors). A step exiting non-zero, bad parameters or a timeout of a slow step say
-nothing about the engine: aiobreaker treats them like successes (the engine answered).
+transport errors), and a hung engine (an execution timed out and the engine did not answer a
+probe either: ``record_engine_failure``). A step exiting non-zero, bad parameters, a timeout
+of a slow step and registry or image errors (pull denied, not found, rate limited, a registry's
+5xx: the tenant's problem, retried but never the engine's fault) say nothing about the engine:
+aiobreaker treats them like successes (the engine answered).
 
 States: ``closed`` (calls pass) -> ``open`` after ``failure_threshold`` consecutive engine
 failures (calls fail fast as transient, the engine is not touched) -> after
@@ -13,6 +16,7 @@ has no timer), which is what ``DaggerAdapter.probe()`` is for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -38,7 +42,8 @@ StateCallback = Callable[[str], None]
 
 
 def _not_an_engine_failure(exc: Exception) -> bool:
-    return classify(exc).category is not ErrorCategory.TRANSIENT
+    failure = classify(exc)
+    return failure.category is not ErrorCategory.TRANSIENT or failure.registry
 
 
 class _StateListener(CircuitBreakerListener):  # type: ignore[misc]
@@ -98,6 +103,15 @@ class EngineCircuitBreaker:
             raise
         except Exception as exc:
             raise classify(exc) from exc
+
+    async def record_engine_failure(self, message: str) -> None:
+        """Count an engine failure seen outside ``call`` (a hung engine found by a probe)."""
+
+        async def failed() -> None:
+            raise ExecutionFailure(ErrorCategory.TRANSIENT, message)
+
+        with contextlib.suppress(ExecutionFailure):
+            await self.call(failed)
 
     def _notify(self, state: str) -> None:
         log.log(logging.INFO if state == CLOSED else logging.WARNING, "engine circuit breaker is now %s", state)

@@ -56,6 +56,8 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     topology_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "dagger"
     # Host directories that volumes may mount; empty: the working directory (never cache_directory).
     allowed_volume_roots: list[str] = []
+    # Dagger module refs a command may call: shell-style patterns over the whole ref; empty: none.
+    allowed_modules: list[str] = []
     # Delay tiers of the retry queues (seconds); a retry waits in the smallest tier that covers it.
     retry_delay_tiers: list[PositiveFloat] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0])
     # A message delivered this many times without an outcome (workers died on it) is dead-lettered.
@@ -135,7 +137,7 @@ def redact_url(url: str) -> str:
 
 
 _FIELDS = DaggerAdapterConfig.__struct_fields__
-_STRUCTURED = {"container_credentials", "allowed_volume_roots", "retry_delay_tiers"}
+_STRUCTURED = {"container_credentials", "allowed_volume_roots", "retry_delay_tiers", "allowed_modules"}
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:

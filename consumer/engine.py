@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
+import os
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagger
 import gql
+
+from consumer.errors import permanent
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +39,72 @@ for _name in ("gql.transport.httpx", "gql.transport.common.base", "gql.client", 
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-class _Generation:
-    """One opened connection and the executions currently using it."""
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """Which engine session an execution needs.
 
-    def __init__(self, connection: dagger.Connection, client: dagger.Client) -> None:
+    A real engine keeps registry credentials (``withRegistryAuth``) per *session*, and lets a
+    session load one version of a module only. So executions are grouped: tasks with the same
+    registry credentials share a session (``credentials``: a digest of the set; ``""``: none,
+    a session that never saw any), and each module ref gets a session of its own."""
+
+    credentials: str = ""
+    module: str = ""
+
+
+MAIN = SessionKey()
+# The pool's bound and how long an unused session stays open. Each session is one
+# ``dagger session`` process of the CLI (a few tens of MB) and its own engine-side state;
+# reopening one costs a connect (~1 s). See README "Engine sessions".
+MAX_SESSIONS = 8
+IDLE_SECONDS = 300.0
+
+
+def given_session() -> bool:
+    """True when the SDK is handed one existing session (``DAGGER_SESSION_PORT``): every
+    connection then lands in that same session and the pool cannot isolate anything."""
+    return bool(os.environ.get("DAGGER_SESSION_PORT"))
+
+
+class _Generation:
+    """One opened session and the executions currently using it."""
+
+    def __init__(self, key: SessionKey, connection: dagger.Connection, client: dagger.Client) -> None:
+        self.key = key
         self.connection = connection
         self.client = client
         self.users = 0
         self.stale = False
-        self.modules: dict[str, str] = {}  # module ref -> its GraphQL field, once served
+        self.last_used = time.monotonic()
+        self.modules: dict[str, Any] = {}  # module ref -> its binding (typedefs), once served
         self.modules_lock = asyncio.Lock()
 
 
 class DaggerEngine:
-    def __init__(self, *, connect_timeout: float, execute_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        execute_timeout: float,
+        max_sessions: int = MAX_SESSIONS,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
         self._connect_timeout = connect_timeout
         self._execute_timeout = execute_timeout
-        self._current: _Generation | None = None
-        self._lock = asyncio.Lock()
+        self._max_sessions = max(1, max_sessions)
+        self._idle_seconds = idle_seconds
+        self._sessions: dict[SessionKey, _Generation] = {}
+        self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
-        return self._current is not None and not self._current.stale
+        return any(not g.stale for g in self._sessions.values())
+
+    @property
+    def session_count(self) -> int:
+        """Sessions open now (the pool's size)."""
+        return sum(1 for g in self._sessions.values() if not g.stale)
 
     def _config(self) -> dagger.Config:
         return dagger.Config(
@@ -67,11 +113,28 @@ class DaggerEngine:
             log_output=None,
         )
 
-    async def _open(self) -> _Generation:
-        async with self._lock:
-            current = self._current
-            if current is not None and not current.stale:
-                return current
+    def _resolve_key(self, key: SessionKey) -> SessionKey:
+        if not given_session():
+            return key
+        if key.credentials:
+            raise permanent(
+                "registry_auth needs an engine session of its own (a real engine keeps registry "
+                "credentials per session), and this worker is bound to one given session "
+                "(DAGGER_SESSION_PORT); run the worker with the dagger CLI instead"
+            )
+        return MAIN  # modules: one version per ref is checked when it is served
+
+    async def _open(self, key: SessionKey) -> _Generation:
+        async with self._changed:
+            while True:
+                self._close_idle()
+                current = self._sessions.get(key)
+                if current is not None and not current.stale:
+                    current.users += 1
+                    return current
+                if len(self._sessions) < self._max_sessions or self._evict_one():
+                    break
+                await self._changed.wait()  # every session busy: wait for one to be returned
             connection = dagger.Connection(self._config())
             try:
                 client = await connection.__aenter__()
@@ -79,36 +142,58 @@ class DaggerEngine:
                 with contextlib.suppress(Exception):
                     await connection.close()  # type: ignore[no-untyped-call]
                 raise
-            self._current = _Generation(connection, client)
-            log.info("connected to the Dagger engine")
-            return self._current
+            generation = _Generation(key, connection, client)
+            generation.users += 1
+            self._sessions[key] = generation
+            log.info("opened an engine session (%d open)", len(self._sessions))
+            return generation
+
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        for key, generation in list(self._sessions.items()):
+            idle = generation.users == 0 and now - generation.last_used > self._idle_seconds
+            if generation.stale or (idle and key != MAIN):
+                self._forget(generation)
+
+    def _evict_one(self) -> bool:
+        idle = [g for g in self._sessions.values() if g.users == 0]
+        if not idle:
+            return False
+        self._forget(min(idle, key=lambda g: g.last_used))
+        return True
+
+    def _forget(self, generation: _Generation) -> None:
+        generation.stale = True
+        if self._sessions.get(generation.key) is generation:
+            del self._sessions[generation.key]
+        if generation.users == 0:
+            self._close_later(generation)
 
     async def connect(self) -> None:
-        """Open the connection now (otherwise the first execution opens it)."""
-        await self._open()
+        """Open the main session now (otherwise the first execution opens it)."""
+        async with self.session():
+            pass
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[EngineSession]:
-        """Borrow the current connection for one execution attempt."""
-        generation = await self._open()
-        generation.users += 1
+    async def session(self, key: SessionKey = MAIN) -> AsyncIterator[EngineSession]:
+        """Borrow the session for ``key`` (opened on first use) for one execution attempt."""
+        generation = await self._open(self._resolve_key(key))
         try:
             yield EngineSession(self, generation)
         finally:
             generation.users -= 1
+            generation.last_used = time.monotonic()
             if generation.stale and generation.users == 0:
                 self._close_later(generation)
+            async with self._changed:
+                self._changed.notify_all()
 
     def discard(self, generation: _Generation) -> None:
-        """After an engine failure: the next execution opens a fresh connection."""
+        """After an engine failure: the next execution opens a fresh session."""
         if generation.stale:
             return
-        generation.stale = True
-        if self._current is generation:
-            self._current = None
-        log.info("dropping the engine connection after an engine failure; the next execution reconnects")
-        if generation.users == 0:
-            self._close_later(generation)
+        log.info("dropping an engine session after an engine failure; the next execution reconnects")
+        self._forget(generation)
 
     def _close_later(self, generation: _Generation) -> None:
         task = asyncio.get_running_loop().create_task(_close(generation))
@@ -116,10 +201,10 @@ class DaggerEngine:
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        generation, self._current = self._current, None
-        if generation is not None:
+        generations, self._sessions = list(self._sessions.values()), {}
+        for generation in generations:
             generation.stale = True
-            await _close(generation)
+        await asyncio.gather(*(_close(g) for g in generations if g.users == 0), return_exceptions=True)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -132,34 +217,26 @@ class EngineSession:
         self._generation = generation
         self.client: dagger.Client = generation.client
 
+    @property
+    def modules(self) -> dict[str, Any]:
+        """Modules served in this session (ref -> binding); guarded by ``modules_lock``."""
+        return self._generation.modules
+
+    @property
+    def modules_lock(self) -> asyncio.Lock:
+        return self._generation.modules_lock
+
     def discard(self) -> None:
         self._engine.discard(self._generation)
 
-    async def call_function(self, module_ref: str, function: str, args: dict[str, Any]) -> Any:
-        """Call ``function`` of the Dagger module ``module_ref`` with JSON-like ``args``.
-
-        The SDK has no public helper for a call given as data: the module is loaded and
-        served into this session once (``serve()`` is once per session), then the function is
-        queried as ``{ <module> { <function>(args) } }`` through the connection's own session.
-        """
-        field = await self._served_field(module_ref)
-        arguments = ", ".join(f"{_camel(k)}: {_graphql_literal(v)}" for k, v in args.items())
-        call = f"{_camel(function)}({arguments})" if arguments else _camel(function)
-        query = gql.gql(f"{{ {field} {{ {call} }} }}")
-        # The isolated client's connection: the SDK builds no query for fields it did not
-        # introspect (module functions appear after serve()), so the raw request goes here.
-        result = await self.client._ctx.conn.session.execute(query)
-        return result[field][_camel(function)]
-
-    async def _served_field(self, module_ref: str) -> str:
-        generation = self._generation
-        async with generation.modules_lock:
-            if module_ref not in generation.modules:
-                module = self.client.module_source(module_ref).as_module()
-                name = await module.name()
-                await module.serve()
-                generation.modules[module_ref] = _camel(name)
-            return generation.modules[module_ref]
+    async def execute(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """A query whose text the caller built from the engine's own type definitions, with
+        every value in ``variables``. The SDK builds no query for fields it did not introspect
+        (a served module's functions appear after ``serve()``), so it goes through the
+        connection's own session."""
+        request = gql.GraphQLRequest(query, variable_values=variables)
+        result: dict[str, Any] = await self.client._ctx.conn.session.execute(request)
+        return result
 
 
 async def _close(generation: _Generation) -> None:
@@ -167,22 +244,3 @@ async def _close(generation: _Generation) -> None:
         await generation.connection.close()  # type: ignore[no-untyped-call]
     except Exception as exc:  # closing a broken connection may fail too; nothing to do about it
         log.debug("closing a stale engine connection: %s", type(exc).__name__)
-
-
-def _camel(name: str) -> str:
-    """A module, function or argument name as GraphQL spells it (snake/kebab -> lowerCamel)."""
-    parts = [p for p in re.split(r"[-_]", name) if p]
-    if not parts:
-        return name
-    return parts[0][:1].lower() + parts[0][1:] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
-
-
-def _graphql_literal(value: Any) -> str:
-    """A JSON-like value as a GraphQL literal (JSON's string escapes are valid GraphQL)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_graphql_literal(v) for v in value) + "]"
-    raise TypeError(
-        f"unsupported function argument type {type(value).__name__} (use strings, numbers, booleans, lists)"
-    )

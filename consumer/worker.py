@@ -493,7 +493,13 @@ class Worker:
         None when the drain cancelled it."""
         await self._status(command, TaskState.RUNNING, delivery.attempt)
         execution = asyncio.create_task(
-            self.adapter.execute(command, attempt=delivery.attempt, in_process_retries=False, on_progress=_log_progress)
+            self.adapter.execute(
+                command,
+                attempt=delivery.attempt,
+                in_process_retries=False,
+                on_progress=_log_progress,
+                replay_id=delivery.replay_id,
+            )
         )
         self._executions.add(execution)
         beats = asyncio.create_task(self._task_heartbeats(command, delivery.attempt))

@@ -76,6 +76,18 @@ class WorkflowPlan:
     def writes_host(self) -> bool:
         return any(v.writable for v in self.volumes)
 
+    @property
+    def images(self) -> list[str]:
+        return sorted({s.image for s in self.steps.values()})
+
+    @property
+    def cacheable(self) -> bool:
+        return True
+
+    async def resolve(self, ctx: RunContext) -> dict[str, Any]:
+        """What the cache key needs from the engine: each image's current digest."""
+        return {"images": {image: await ctx.resolve_image(image) for image in self.images}}
+
     async def run(self, ctx: RunContext, result: dict[str, Any]) -> None:
         await run_workflow(self, ctx, result)
 
@@ -299,14 +311,20 @@ async def _run_step(
         ctr = ctr.with_mounted_directory(volume.target, directory)
     if step.workdir:
         ctr = ctr.with_workdir(step.workdir)
-    ctr = ctr.with_exec(step.args, expect=dagger.ReturnType.ANY)
+    # Only a step allowed to fail takes any exit code as its outcome (its writes flow on). Any
+    # other step must succeed: a real engine caches a successful operation, and a failure
+    # taken as a success (``expect: ANY``) would be served again to every replay.
+    ran = ctr.with_exec(step.args, expect=dagger.ReturnType.ANY if step.allow_failure else dagger.ReturnType.SUCCESS)
 
     out["status"] = "running"
     ctx.progress(step.name, "started", None)
     started = time.monotonic()
     try:
-        ctr = await ctr.sync()
-        exit_code, stdout, stderr = await asyncio.gather(ctr.exit_code(), ctr.stdout(), ctr.stderr())
+        ran = await ran.sync()
+        exit_code, stdout, stderr = await asyncio.gather(ran.exit_code(), ran.stdout(), ran.stderr())
+        states[step.name] = [ran.directory(v.target) for v in plan.volumes]
+    except dagger.ExecError as failed:
+        exit_code, stdout, stderr = failed.exit_code, failed.stdout or "", failed.stderr or ""
     except Exception as exc:
         out["status"] = "failed"
         out["duration_ms"] = _ms_since(started)
@@ -320,7 +338,6 @@ async def _run_step(
     )
     if len(stdout) > len(out["stdout"]) or len(stderr) > len(out["stderr"]):
         out["truncated"] = True
-    states[step.name] = [ctr.directory(v.target) for v in plan.volumes]
 
     if exit_code != 0:
         out["status"] = "failed"
