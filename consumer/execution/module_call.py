@@ -83,6 +83,8 @@ def check_module_ref(ref: str, allowed: Sequence[str], rules: PathRules) -> tupl
         raise permanent("module calls are disabled on this worker (allowed_modules is empty)")
     if any(c.isspace() or not c.isprintable() for c in ref):
         raise permanent("module ref must not contain whitespace or control characters")
+    if ".." in re.split(r"[/\\@:]", ref):
+        raise permanent(f"module ref {ref!r} must not contain '..'")
     if not any(fnmatch.fnmatchcase(ref, pattern) for pattern in allowed):
         raise permanent(f"module {ref!r} is not in this worker's allowed_modules")
     if is_local_ref(ref):
@@ -219,10 +221,14 @@ async def load_binding(client: dagger.Client, ref: str) -> tuple[ModuleBinding, 
     if main is None:
         raise permanent(f"module {name!r} ({ref}) has no main object to call functions on")
     functions = await asyncio.gather(*(_function_def(fn) for fn in await main.functions()))
+    constructor = FunctionDef(name="", args={}, returns=TypeRef(K.OBJECT_KIND, name, False))
+    ctor = main.constructor()
     try:
-        constructor = await _function_def(main.constructor())
-    except (dagger.QueryError, TypeError, KeyError, AttributeError):
-        constructor = FunctionDef(name="", args={}, returns=TypeRef(K.OBJECT_KIND, name, False))
+        has_constructor = bool(await ctor.name())
+    except (dagger.QueryError, TypeError, KeyError, AttributeError):  # none: the field is null
+        has_constructor = False
+    if has_constructor:
+        constructor = await _function_def(ctor)
     binding = ModuleBinding(
         ref=ref,
         name=name,
