@@ -204,7 +204,7 @@ class DaggerEngine:
         generations, self._sessions = list(self._sessions.values()), {}
         for generation in generations:
             generation.stale = True
-        await asyncio.gather(*(_close(g) for g in generations if g.users == 0), return_exceptions=True)
+        await asyncio.gather(*(_close(g) for g in generations), return_exceptions=True)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
