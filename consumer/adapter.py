@@ -44,6 +44,10 @@ from schemas import (
 
 log = logging.getLogger(__name__)
 
+# Resolving a command's image tags to digests (a registry round trip each) before the cache
+# lookup; past this the command runs uncached rather than wait on a slow registry or engine.
+RESOLVE_TIMEOUT_SECONDS = 60.0
+
 
 class DaggerAdapter(AgentAdapter):
     def __init__(self, config: DaggerAdapterConfig | None = None) -> None:
@@ -379,7 +383,7 @@ class DaggerAdapter(AgentAdapter):
         # is a new key), and the host paths a module call's arguments name.
         try:
             async with (
-                asyncio.timeout(self._timeout_for(run.command)),
+                asyncio.timeout(min(self._timeout_for(run.command), RESOLVE_TIMEOUT_SECONDS)),
                 self._engine.session(run.session_key) as session,
             ):
                 ctx = self._context(session, run, None, None)
