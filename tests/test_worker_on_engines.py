@@ -49,6 +49,8 @@ async def start_worker(
         (tmp_path / "data").mkdir(exist_ok=True)
         overrides.setdefault("allowed_volume_roots", str(tmp_path / "data"))
         overrides.setdefault("timeout_seconds", 300 if engine_under_test.real else 60)
+        # A real engine's session starts through the CLI, which may take a while.
+        overrides.setdefault("engine_connect_timeout_seconds", 60 if engine_under_test.real else 3)
         settings = worker_settings(
             amqp_url=amqp_url, valkey_url=valkey_url, spec=topology_spec, work_dir=tmp_path, **overrides
         )
