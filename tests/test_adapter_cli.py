@@ -10,6 +10,7 @@ import pytest
 
 from consumer.cli import main
 from tests.dagger_engine import ExecOutcome, TestEngine
+from tests.dagger_engine.images import BASE_COMMANDS
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def run(config_file: Path, *args: str) -> int:
 def test_json_result_on_stdout_and_step_progress_on_stderr(
     dagger_engine: TestEngine, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    dagger_engine.add_image("alpine", commands=[*BASE_COMMANDS, "make"])  # the build workflow runs make
     command = tmp_path / "command.json"
     command.write_text(
         json.dumps(

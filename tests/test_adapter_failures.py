@@ -191,13 +191,15 @@ async def test_a_registry_the_engine_cannot_reach_is_transient_and_retried(
 
 
 async def test_an_image_the_registry_refuses_is_permanent(dagger_engine: TestEngine, tmp_path: Path) -> None:
-    denied = "failed to resolve source metadata for docker.io/library/nope:latest: pull access denied"
-    dagger_engine.on_exec(["echo"], engine_error(denied))
+    # "nope" is declared nowhere: the engine's pull is denied, as Docker Hub answers it.
     async with started(adapter_config(tmp_path, max_retries=2)) as adapter:
         result = await adapter.execute(workflow_command("denied", container_image="nope", command=["echo", "x"]))
     assert not result.success and result.error_category == ErrorCategory.PERMANENT
-    assert "pull access denied" in (result.error or "") and result.attempts == 1
-    assert len(dagger_engine.execs) == 1
+    assert "failed to resolve source metadata for docker.io/library/nope:latest: pull access denied" in (
+        result.error or ""
+    )
+    assert result.attempts == 1 and dagger_engine.pulls == 1
+    assert dagger_engine.execs == []
 
 
 async def test_a_secret_in_a_retried_failure_never_reaches_the_logs(

@@ -271,6 +271,7 @@ async def test_secrets_and_registry_credentials_never_reach_results_or_logs(
     caplog.set_level(logging.DEBUG)
     token, password = "tok-3f9a-very-secret", "hunter2-registry-pw"
     dagger_engine.on_exec(["leak"], ExecOutcome(files={"/out/leak.txt": f"the token is {token}\n"}))
+    dagger_engine.add_image("registry.example.com/team/tool:1", credentials=("ci", password))
     async with started(adapter_config(tmp_path)) as adapter:
         result = await adapter.execute(
             workflow_command(
@@ -303,6 +304,7 @@ async def test_progress_reports_each_step(dagger_engine: TestEngine, tmp_path: P
         "image: a\nsteps:\n  - {name: one, run: [echo, 1]}\n"
         "  - {name: two, depends_on: [one], run: [sh, -c, 'exit 1']}\n",
     )
+    dagger_engine.add_image("a")
     events: list[tuple[str, str]] = []
     async with started(adapter_config(tmp_path)) as adapter:
         await adapter.execute(
@@ -320,6 +322,8 @@ async def test_configured_registry_qualifies_images_and_its_credentials_are_atta
         container_registry="registry.example.com",
         container_credentials={"token": "cfg-token-123"},
     )
+    dagger_engine.add_image("registry.example.com/python:3.12", credentials=("token", "cfg-token-123"))
+    dagger_engine.add_image("ghcr.io/acme/tool:1")
     async with started(config) as adapter:
         result = await adapter.execute(
             workflow_command(

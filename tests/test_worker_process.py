@@ -173,7 +173,8 @@ async def test_worker_processes_share_the_queue_each_task_once(
         await observer.wait_ready(worker.worker_id)
     ids = [f"shared-{i}-{uuid.uuid4().hex[:4]}" for i in range(10)]
     for task_id in ids:
-        await publish_command(channel, topology_spec, command(task_id, "shared"))
+        # distinct commands: identical ones would be one operation to a real engine
+        await publish_command(channel, topology_spec, command(task_id, "shared", task_id))
 
     await observer.wait_for(lambda: len(observer.results) >= len(ids), 60, "every result")
     for worker in workers:

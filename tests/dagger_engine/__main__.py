@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", help="write execs/exports here on exit")
     args = parser.parse_args(argv)
     engine = TestEngine(port=args.port, token=args.token)
+    engine.declare_suite_images()
     if args.rules:
         load_rules(engine, args.rules)
     done = threading.Event()

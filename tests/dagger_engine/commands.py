@@ -1,9 +1,19 @@
 """What an exec does when no ``on_exec`` rule matches: a few commands, simply emulated.
 
-``echo``/``printf`` print, ``sh -c``/``bash -c`` run a tiny shell (``;``, ``&&``, ``||``,
-``|``, ``> file``, ``>> file``, ``>&2``, ``$VAR``), ``exit N`` exits, ``sleep S`` takes S
-seconds, ``cat`` prints files of the container (mounted host dirs included), ``env`` prints
-the environment, ``true``/``false``, ``touch``/``mkdir``. Anything else exits 0, silently.
+Which commands exist is the image's business (``images.py``): an image declares its
+commands, by default a busybox-like set (``images.BASE_COMMANDS``). An executable the image
+does not have fails to start, as runc reports it (``exec: "x": executable file not found in
+$PATH``: an engine error, not an exit code, whatever ``expect`` says); inside ``sh -c`` it is
+the shell's ``sh: x: not found`` and exit code 127. A command the image has but this module
+does not emulate (``python`` in a python image, say) runs and exits 0 silently: give it
+behaviour with ``engine.on_exec``. A test's ``on_exec`` rule stands for a program, so a
+command a rule answers exists.
+
+Emulated: ``echo``/``printf`` print, ``sh -c``/``bash -c`` run a tiny shell (``;``, ``&&``,
+``||``, ``|``, ``> file``, ``>> file``, ``>&2``, ``$VAR``), ``exit N`` exits, ``sleep S``
+takes S seconds, ``cat`` prints files of the container (mounted host dirs included), ``env``
+prints the environment, ``true``/``false``, ``touch``/``mkdir``. Writes under a ``readOnly``
+mount fail with "Read-only file system" (exit code 1).
 """
 
 from __future__ import annotations
@@ -12,11 +22,13 @@ import dataclasses
 import re
 import shlex
 
-from tests.dagger_engine.filesystem import ContainerFS, normalize
+from tests.dagger_engine.filesystem import ContainerFS, ReadOnlyFileSystem, normalize
 from tests.dagger_engine.records import ExecOutcome
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _OPERATORS = {";", "&&", "||", "|"}
+# What a shell runs without looking for an executable (only inside ``sh -c``).
+_SHELL_BUILTINS = frozenset({"exit", "cd", "export", "set", ":", "true", "false", "echo", "printf", "test", "["})
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -24,10 +36,19 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
 
 
+class CommandNotFound(Exception):
+    """The image has no such executable: the process cannot start."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f'exec: "{name}": executable file not found in $PATH')
+        self.name = name
+
+
 @dataclasses.dataclass
 class _Run:
     fs: ContainerFS
     env: dict[str, str]
+    commands: frozenset[str] = frozenset()
     stdout: str = ""
     stderr: str = ""
     delay: float = 0.0
@@ -47,9 +68,14 @@ class _Run:
         return self.fs.read(full)
 
 
-def run_default(args: list[str], fs: ContainerFS, env: dict[str, str], stdin: str = "") -> ExecOutcome:
-    """Emulate ``args`` against a scratch copy of the container's files."""
-    run = _Run(fs=fs, env=dict(env))
+def run_default(
+    args: list[str], fs: ContainerFS, env: dict[str, str], stdin: str = "", commands: frozenset[str] = frozenset()
+) -> ExecOutcome:
+    """Emulate ``args`` against a scratch copy of the container's files; ``commands`` are the
+    image's. Raises CommandNotFound when the image lacks ``args[0]``."""
+    if args and _name(args[0]) not in commands:
+        raise CommandNotFound(args[0])
+    run = _Run(fs=fs, env=dict(env), commands=commands)
     code = _command(run, args, stdin)
     return ExecOutcome(stdout=run.stdout, stderr=run.stderr, exit_code=code, delay=run.delay, files=run.files)
 
@@ -72,7 +98,10 @@ def _simple(run: _Run, args: list[str], stdin: str) -> tuple[str, int]:
     """Run one command; return what it printed on stdout and its exit code."""
     if not args:
         return "", 0
-    name, rest = args[0].rsplit("/", 1)[-1], args[1:]
+    name, rest = _name(args[0]), args[1:]
+    if name not in run.commands and name not in _SHELL_BUILTINS:
+        run.stderr += f"sh: {args[0]}: not found\n"
+        return "", 127
     if name in {"sh", "bash", "ash", "dash"} and len(rest) >= 2 and rest[0] in {"-c", "-ec", "-lc", "-euc"}:
         return _script(run, rest[1])
     if name == "echo":
@@ -109,12 +138,23 @@ def _simple(run: _Run, args: list[str], stdin: str) -> tuple[str, int]:
         return "".join(f"{k}={v}\n" for k, v in run.env.items()), 0
     if name == "false":
         return "", 1
-    if name == "touch":
+    if name in {"touch", "mkdir"}:
         for path in rest:
-            if run.read_file(path) is None:
-                run.write_file(path, "")
+            if path.startswith("-"):
+                continue
+            try:
+                run.fs.check_writable(normalize(path, run.fs.workdir))
+                if name == "touch" and run.read_file(path) is None:
+                    run.write_file(path, "")
+            except ReadOnlyFileSystem:
+                run.stderr += f"{name}: {path}: Read-only file system\n"
+                return "", 1
         return "", 0
     return "", 0
+
+
+def _name(executable: str) -> str:
+    return executable.rsplit("/", 1)[-1]
 
 
 def _script(run: _Run, script: str) -> tuple[str, int]:
@@ -172,6 +212,12 @@ def _with_redirects(run: _Run, words: list[str], stdin: str) -> tuple[str, int]:
             continue
         args.append(word)
         i += 1
+    if target is not None:
+        try:
+            run.fs.check_writable(normalize(target[0], run.fs.workdir))
+        except ReadOnlyFileSystem:
+            run.stderr += f"sh: can't create {target[0]}: Read-only file system\n"
+            return "", 1
     out, code = _simple(run, args, stdin)
     if target is not None:
         run.write_file(target[0], out, append=target[1])

@@ -1,4 +1,6 @@
-"""The engine's state behind the HTTP server: objects, execs, secrets, exports, modules."""
+"""The engine's state behind the HTTP server: engine-wide (objects, the operation cache,
+cache volumes, images, execs, secrets, exports, the modules it can load) and per session
+(``sessions.py``)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,12 @@ import threading
 
 import graphql
 
-from tests.dagger_engine.evaluation import Evaluator
+from tests.dagger_engine.evaluation import Evaluator, OperationCache
 from tests.dagger_engine.executor import ExecRunner
 from tests.dagger_engine.filesystem import CacheStore
+from tests.dagger_engine.images import Registries
 from tests.dagger_engine.modules import ModuleSpec
+from tests.dagger_engine.sessions import Session
 from tests.dagger_engine.state import Registry, SecretState
 
 
@@ -22,14 +26,16 @@ class EngineCore:
         self.stopping = threading.Event()
         self.registry = Registry()
         self.caches = CacheStore()
+        self.registries = Registries()
+        self.operations = OperationCache()
         self.runner = ExecRunner(self.stopping)
-        self.evaluator = Evaluator(self.runner, self.caches, self.secret_value)
+        self.evaluator = Evaluator(self.runner, self.caches, self.secret_value, self.operations)
         self.exports: list[tuple[str, dict[str, str]]] = []
-        self.modules: dict[str, ModuleSpec] = {}  # by ref
-        self.served: dict[str, ModuleSpec] = {}  # by Query field name
+        self.modules: dict[str, ModuleSpec] = {}  # what moduleSource(refString:) can load, by ref
+        self.sessions: dict[str, Session] = {}  # by token
         self._secret_values: dict[str, str] = {}  # secret state id -> plaintext
         self._secret_by_name: dict[str, str] = {}
-        self.schema: graphql.GraphQLSchema | None = None
+        self.base_schema: graphql.GraphQLSchema | None = None  # the core API, no modules
 
     def add_secret(self, secret: SecretState, plaintext: str) -> SecretState:
         with self.lock:
@@ -50,3 +56,11 @@ class EngineCore:
     def record_export(self, host_path: str, files: dict[str, str]) -> None:
         with self.lock:
             self.exports.append((host_path, dict(files)))
+
+
+class Request:
+    """``info.context`` of a resolver: the engine and the session the query came from."""
+
+    def __init__(self, core: EngineCore, session: Session) -> None:
+        self.core = core
+        self.session = session

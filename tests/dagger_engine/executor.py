@@ -10,6 +10,11 @@ from collections.abc import Callable
 from tests.dagger_engine.commands import run_default
 from tests.dagger_engine.filesystem import ContainerFS
 from tests.dagger_engine.records import ExecAnswer, ExecMatch, ExecOutcome, ExecRecord, ExecRule
+from tests.dagger_engine.server import CLIENT_GONE
+
+
+class ExecCancelled(Exception):
+    """The request that ran the exec was abandoned by its client: the exec is killed."""
 
 
 class ExecRunner:
@@ -41,10 +46,17 @@ class ExecRunner:
         return None
 
     def run(
-        self, record: ExecRecord, fs: ContainerFS, plain_env: dict[str, str], scrub: Callable[[str], str]
+        self,
+        record: ExecRecord,
+        fs: ContainerFS,
+        plain_env: dict[str, str],
+        scrub: Callable[[str], str],
+        commands: frozenset[str] = frozenset(),
     ) -> ExecOutcome:
         """``plain_env`` is the environment with secret values, which the emulated command
-        may print; ``scrub`` hides them again, as the real engine does with "***"."""
+        may print; ``scrub`` hides them again, as the real engine does with "***".
+        ``commands`` are the image's (a rule's program exists whatever the image has); raises
+        CommandNotFound when neither a rule nor the image has the executable."""
         with self._changed:
             record.started_at = time.time()
             self.records.append(record)
@@ -54,7 +66,7 @@ class ExecRunner:
         try:
             rule = self._choose(record)
             if rule is None:
-                outcome = run_default(record.args, fs, plain_env, record.stdin)
+                outcome = run_default(record.args, fs, plain_env, record.stdin, commands)
             elif callable(rule.outcome):
                 outcome = rule.outcome(record)
             else:
@@ -66,7 +78,7 @@ class ExecRunner:
                     files=dict(rule.outcome.files),
                 )
             if outcome.delay > 0:
-                self._stopping.wait(outcome.delay)
+                self._wait(outcome.delay)
             outcome.stdout, outcome.stderr = scrub(outcome.stdout), scrub(outcome.stderr)
             record.exit_code, record.stdout, record.stderr = outcome.exit_code, outcome.stdout, outcome.stderr
             return outcome
@@ -77,6 +89,16 @@ class ExecRunner:
                 if record.exit_code is None:
                     record.exit_code = -1  # the rule raised: nothing ran
                 self._changed.notify_all()
+
+    def _wait(self, seconds: float) -> None:
+        """The exec's run time; cut short by ``stop()``, cancelled when the client went away."""
+        gone = CLIENT_GONE.get()
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stopping.wait(min(left, 0.05)):
+                return
+            if gone is not None and gone.is_set():
+                raise ExecCancelled("context canceled: the client closed the request")
 
     def snapshot(self) -> list[ExecRecord]:
         with self._lock:

@@ -27,6 +27,14 @@ def relative_to(path: str, base: str) -> str | None:
     return None
 
 
+class ReadOnlyFileSystem(OSError):
+    """A write under a ``readOnly`` mount (EROFS inside the container)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(30, "Read-only file system", path)
+        self.path = path
+
+
 class CacheStore:
     """The contents of every cache volume, by key; shared across states and queries."""
 
@@ -51,12 +59,14 @@ class ContainerFS:
         caches: Mapping[str, str],
         cache_store: CacheStore,
         workdir: str = "/",
+        read_only: frozenset[str] = frozenset(),
     ) -> None:
         self.rootfs = rootfs  # absolute path -> text
         self.mounts = mounts  # mount path -> {relative path: text}
         self.caches = dict(caches)  # mount path -> cache key
         self._cache_store = cache_store
         self.workdir = workdir or "/"
+        self.read_only = read_only  # mount paths mounted with readOnly
 
     def _tables(self) -> Iterator[tuple[str, dict[str, str]]]:
         for path, files in self.mounts.items():
@@ -79,8 +89,17 @@ class ContainerFS:
         return table.get(key)
 
     def write(self, path: str, text: str) -> None:
-        table, key = self._owner(normalize(path, self.workdir))
+        full = normalize(path, self.workdir)
+        self.check_writable(full)
+        table, key = self._owner(full)
         table[key] = text
+
+    def check_writable(self, path: str) -> None:
+        """Raise ReadOnlyFileSystem when the longest mount holding ``path`` is read-only."""
+        full = normalize(path, self.workdir)
+        owners = [m for m in [*self.mounts, *self.caches] if relative_to(full, m) is not None]
+        if owners and max(owners, key=len) in self.read_only:
+            raise ReadOnlyFileSystem(full)
 
     def tree(self, path: str) -> dict[str, str]:
         """Every file under ``path``, relative to it."""

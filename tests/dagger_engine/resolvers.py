@@ -1,8 +1,16 @@
-"""Field resolvers: the meaning of each field of the schema subset, over ``state.py``."""
+"""Field resolvers: the meaning of the fields the product uses, over ``state.py``.
+
+Every field of the SDK-derived schema (``schema.py``) validates; the ones without a resolver
+here answer "not modelled by the test engine" when executed. Each resolver runs with the
+call's content key at hand (``_CALL``), from which the objects it makes get their ``key``.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
+import functools
+import hashlib
 import json
 import os
 import posixpath
@@ -12,17 +20,21 @@ from typing import Any, TypeVar
 import graphql
 
 from tests.dagger_engine import snapshots
-from tests.dagger_engine.core import EngineCore
+from tests.dagger_engine.commands import CommandNotFound
+from tests.dagger_engine.core import EngineCore, Request
 from tests.dagger_engine.evaluation import Evaluated, ExecFailed
-from tests.dagger_engine.filesystem import normalize, relative_to
+from tests.dagger_engine.filesystem import ReadOnlyFileSystem, normalize, relative_to
+from tests.dagger_engine.images import RegistryError, auth_host
 from tests.dagger_engine.modules import ModuleSpec, module_sdl
 from tests.dagger_engine.schema import SDL
+from tests.dagger_engine.sessions import Session
 from tests.dagger_engine.state import (
     CacheVolumeState,
     ContainerState,
     DirectoryState,
     ExecOp,
     FileState,
+    FromOp,
     HostState,
     ModuleObject,
     ModuleSourceState,
@@ -34,7 +46,7 @@ from tests.dagger_engine.state import (
 )
 
 Resolver = Callable[..., Any]
-Info = graphql.GraphQLResolveInfo[EngineCore]  # ``info.context`` is the engine's state
+Info = graphql.GraphQLResolveInfo[Request]  # ``info.context``: the engine and the session
 N = TypeVar("N", bound=Node)
 
 RESOLVERS: dict[tuple[str, str], Resolver] = {}
@@ -50,10 +62,25 @@ def resolves(type_name: str, *fields: str) -> Callable[[Resolver], Resolver]:
 
 
 def _core(info: Info) -> EngineCore:
-    return info.context
+    return info.context.core
 
 
-def _new(info: Info, obj: N) -> N:
+def _session(info: Info) -> Session:
+    return info.context.session
+
+
+# The content key of the call being resolved: digest(receiver key, field, arguments).
+_CALL: contextvars.ContextVar[str] = contextvars.ContextVar("call_key", default="")
+
+
+def digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _new(info: Info, obj: N, key: str | None = None) -> N:
+    """Register ``obj``; its key is ``key`` (content-addressed callers) or the call's."""
+    object.__setattr__(obj, "content_key", key or _CALL.get() or digest("object", obj.id))
     return _core(info).registry.add(obj)
 
 
@@ -67,6 +94,13 @@ def _load(info: Info, id_: str, cls: type[N]) -> N:
 def _evaluate(info: Info, ctr: ContainerState) -> Evaluated:
     try:
         return _core(info).evaluator.evaluate(ctr)
+    except CommandNotFound as missing:
+        cmd = " ".join(ctr.op.args) if isinstance(ctr.op, ExecOp) else ""
+        raise graphql.GraphQLError(
+            f'process "{cmd}" did not complete successfully: failed to start: {missing}'
+        ) from None
+    except ReadOnlyFileSystem as refused:
+        raise graphql.GraphQLError(f"write {refused.path}: read-only file system") from None
     except ExecFailed as failed:
         raise graphql.GraphQLError(
             str(failed),
@@ -105,7 +139,10 @@ def _version(_: None, info: Info) -> str:
 
 @resolves("Query", "setSecret")
 def _set_secret(_: None, info: Info, name: str, plaintext: str) -> SecretState:
-    return _core(info).add_secret(SecretState(name=name), plaintext)
+    # Keyed by name and a hash of the value: a new value is a new input.
+    secret = SecretState(name=name)
+    object.__setattr__(secret, "content_key", digest("secret", name, hashlib.sha256(plaintext.encode()).hexdigest()))
+    return _core(info).add_secret(secret, plaintext)
 
 
 @resolves("Query", "secret")
@@ -117,7 +154,9 @@ def _secret(_: None, info: Info, uri: str, **__: Any) -> SecretState:
         value = snapshots.read_text(rest)
     else:
         raise graphql.GraphQLError(f"failed to resolve secret {uri.split('?')[0]!r}")
-    return _core(info).add_secret(SecretState(name=uri), value)
+    secret = SecretState(name=uri)
+    object.__setattr__(secret, "content_key", digest("secret", uri, hashlib.sha256(value.encode()).hexdigest()))
+    return _core(info).add_secret(secret, value)
 
 
 @resolves("Query", "cacheVolume")
@@ -128,6 +167,15 @@ def _cache_volume(_: None, info: Info, key: str, **__: Any) -> CacheVolumeState:
 @resolves("Query", "node")
 def _node(_: None, info: Info, id: str) -> Node:
     return _load(info, id, Node)
+
+
+def _load_from_id(_: None, info: Info, id: str) -> Node:
+    """``loadXFromID(id:)``: like node(id:), for an object of type X only."""
+    obj = _load(info, id, Node)
+    wanted = info.field_name.removeprefix("load").removesuffix("FromID")
+    if obj.graphql_type != wanted:
+        raise graphql.GraphQLError(f"load: expected ID of type {wanted!r}, got {obj.graphql_type!r}")
+    return obj
 
 
 @resolves("Query", "directory")
@@ -162,7 +210,35 @@ def _maybe_expand(ctr: ContainerState, text: str, expand: bool) -> str:
 
 @resolves("Container", "from")
 def _from(ctr: ContainerState, info: Info, address: str, **__: Any) -> ContainerState:
-    return _derive(info, ctr, image=address)
+    # Resolved now, with the session's credentials, like the real engine's image resolver;
+    # keyed by the digest the reference resolved to, so a moved tag is a new input.
+    try:
+        image = _core(info).registries.resolve(address, _session(info).auths())
+    except RegistryError as failed:
+        raise graphql.GraphQLError(str(failed)) from None
+    state = ctr.derive(
+        FromOp(image),
+        image=address,
+        pulled=image,
+        env={**ctr.env, **image.env},
+        workdir=image.workdir,
+    )
+    return _new(info, state, key=digest(ctr.content_key, "from", image.digest))
+
+
+@resolves("Container", "imageRef")
+def _image_ref(ctr: ContainerState, _: Info) -> str:
+    state: ContainerState | None = ctr
+    while state is not None and not isinstance(state.op, FromOp):
+        if isinstance(state.op, ExecOp | WriteOp):
+            break
+        state = state.parent
+    if state is None or not isinstance(state.op, FromOp):
+        raise graphql.GraphQLError(
+            "Image reference can only be retrieved immediately after the 'Container.From' call. "
+            "Error in fetching imageRef as the container image is changed"
+        )
+    return state.op.image.image_ref
 
 
 @resolves("Container", "withExec")
@@ -228,9 +304,11 @@ def _with_secret_variable(ctr: ContainerState, info: Info, name: str, secret: st
 
 @resolves("Container", "withRegistryAuth")
 def _with_registry_auth(ctr: ContainerState, info: Info, address: str, username: str, secret: str) -> ContainerState:
-    auth = (address, username, _load(info, secret, SecretState))
-    others = tuple(a for a in ctr.registry_auths if a[0] != address)
-    return _derive(info, ctr, registry_auths=(*others, auth))
+    # The real engine adds the credential to the *session* (every later pull in it may use
+    # it) and returns the container as it was.
+    token = _load(info, secret, SecretState)
+    _session(info).add_auth(auth_host(address), username, _core(info).secret_value(token), token.name)
+    return ctr
 
 
 def _mount(info: Info, ctr: ContainerState, path: str, mount: Mount) -> ContainerState:
@@ -241,7 +319,8 @@ def _mount(info: Info, ctr: ContainerState, path: str, mount: Mount) -> Containe
 def _with_mounted_directory(ctr: ContainerState, info: Info, path: str, source: str, **kw: Any) -> ContainerState:
     src = _load(info, source, DirectoryState)
     kind = "host" if src.origin else "directory"
-    return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), Mount(kind, src.origin or "", src))
+    mount = Mount(kind, src.origin or "", src, read_only=bool(kw["readOnly"]))
+    return _mount(info, ctr, _maybe_expand(ctr, path, kw["expand"]), mount)
 
 
 @resolves("Container", "withMountedCache")
@@ -466,19 +545,47 @@ def _file_size(f: FileState, _: Info) -> int:
 @resolves("Host", "directory")
 def _host_directory(_: HostState, info: Info, path: str, **kw: Any) -> DirectoryState:
     root = _host_path(path)
-    try:
-        files = snapshots.read_tree(root)
-    except FileNotFoundError as missing:
-        raise graphql.GraphQLError(str(missing)) from None
-    return _new(info, DirectoryState(files=snapshots.select(files, kw["include"], kw["exclude"]), origin=root))
+    view = ("directory", root, tuple(kw["include"]), tuple(kw["exclude"]), kw["gitignore"])
+
+    def read() -> DirectoryState:
+        try:
+            files = snapshots.read_tree(root)
+        except FileNotFoundError as missing:
+            raise graphql.GraphQLError(str(missing)) from None
+        selected = snapshots.select(files, kw["include"], kw["exclude"])
+        return DirectoryState(files=selected, origin=root, content_key=digest("host", view, sorted(selected.items())))
+
+    return _snapshot(info, view, read, kw["noCache"])
 
 
 @resolves("Host", "file")
-def _host_file(_: HostState, info: Info, path: str, **__: Any) -> FileState:
+def _host_file(_: HostState, info: Info, path: str, noCache: bool) -> FileState:
     full = _host_path(path)
-    if not os.path.isfile(full):
-        raise graphql.GraphQLError(f"lstat {full}: no such file or directory")
-    return _new(info, FileState(name=os.path.basename(full), contents=snapshots.read_text(full), origin=full))
+
+    def read() -> FileState:
+        if not os.path.isfile(full):
+            raise graphql.GraphQLError(f"lstat {full}: no such file or directory")
+        text = snapshots.read_text(full)
+        return FileState(
+            name=os.path.basename(full), contents=text, origin=full, content_key=digest("host", full, text)
+        )
+
+    return _snapshot(info, ("file", full), read, noCache)
+
+
+def _snapshot(info: Info, view: tuple[Any, ...], read: Callable[[], N], no_cache: bool) -> N:
+    """A host read, once per session unless ``noCache`` (then read again, and kept as the
+    session's snapshot from now on)."""
+    session = _session(info)
+    with session.lock:
+        kept = session.host_snapshots.get(view)
+    if kept is not None and not no_cache:
+        return kept  # type: ignore[no-any-return]
+    obj = read()
+    _core(info).registry.add(obj)
+    with session.lock:
+        session.host_snapshots[view] = obj
+    return obj
 
 
 # --- Secret / modules / common ---------------------------------------------------------------
@@ -507,12 +614,18 @@ def _module_name(m: ModuleState, _: Info) -> str:
 
 @resolves("Module", "serve")
 def _serve(m: ModuleState, info: Info, **_: Any) -> None:
-    core = _core(info)
+    core, session = _core(info), _session(info)
     spec = core.modules[m.ref]
-    with core.lock:
-        served = {**core.served, spec.field_name: spec}
-        schema = executable_schema(list(served.values()))
-        core.served, core.schema = served, schema
+    with session.lock:
+        loaded = session.served.get(spec.name)
+        if loaded is not None and loaded.ref != spec.ref:
+            raise graphql.GraphQLError(
+                f"failed to serve module {spec.name!r} from {spec.ref!r}: module {spec.name!r} is already "
+                f"loaded from {loaded.ref!r} in this session; a session loads one version of a module"
+            )
+        served = {**session.served, spec.name: spec}
+        session.schema = executable_schema(list(served.values()))
+        session.served = served
 
 
 def _id(obj: Node, _: Info) -> str:
@@ -552,32 +665,87 @@ def _parse_json_literal(node: graphql.ValueNode, variables: dict[str, Any] | Non
     return _parse_json(graphql.value_from_ast_untyped(node, variables))
 
 
+def _not_modelled(_: Any, info: Info, **__: Any) -> Any:
+    raise graphql.GraphQLError(
+        f"{info.parent_type.name}.{info.field_name} is valid but not modelled by the test engine "
+        "(tests/dagger_engine/resolvers.py)"
+    )
+
+
+def _canonical(info: Info, value: Any) -> Any:
+    """An argument for a content key: object IDs stand for their objects' keys."""
+    if isinstance(value, str):
+        obj = _core(info).registry.get(value)
+        return {"object": obj.content_key} if obj is not None else value
+    if isinstance(value, list):
+        return [_canonical(info, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(info, v) for k, v in value.items()}
+    return value
+
+
+def _keyed(fn: Resolver) -> Resolver:
+    """Run ``fn`` with its call's content key in ``_CALL``."""
+
+    @functools.wraps(fn)
+    def resolve(parent: Any, info: Info, /, **kw: Any) -> Any:
+        receiver = parent.content_key if isinstance(parent, Node) else type(parent).__name__
+        call = digest(receiver, info.field_name, {k: _canonical(info, v) for k, v in kw.items()})
+        token = _CALL.set(call)
+        try:
+            return fn(parent, info, **kw)
+        finally:
+            _CALL.reset(token)
+
+    return resolve
+
+
+def _interface_type(obj: Any, _info: Any, _type: Any) -> str:
+    return str(obj.graphql_type)
+
+
 def executable_schema(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
-    """The SDL subset (plus served modules) with every resolver attached."""
+    """The SDK-derived schema (plus served modules) with every resolver attached."""
+    if not modules:
+        return _base_schema()
+    return _build(modules)
+
+
+@functools.cache
+def _base_schema() -> graphql.GraphQLSchema:
+    # Resolvers find their engine through ``info.context``: one schema object serves all.
+    return _build([])
+
+
+def _build(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
     schema = graphql.build_schema(SDL + "\n" + module_sdl(modules))
     for (type_name, field_name), fn in RESOLVERS.items():
         object_type = schema.get_type(type_name)
         assert isinstance(object_type, graphql.GraphQLObjectType), type_name
         object_type.fields[field_name].resolve = fn
-    for type_ in schema.type_map.values():
-        if isinstance(type_, graphql.GraphQLObjectType) and "id" in type_.fields:
-            if type_.fields["id"].resolve is None:
-                type_.fields["id"].resolve = _id
-            if "sync" in type_.fields and type_.fields["sync"].resolve is None:
-                type_.fields["sync"].resolve = _id
-        if isinstance(type_, graphql.GraphQLInterfaceType):
-            type_.resolve_type = lambda obj, _info, _type: obj.graphql_type
-    json_scalar = schema.get_type("JSON")
-    assert isinstance(json_scalar, graphql.GraphQLScalarType)
-    # The real engine's JSON scalar travels as a string of JSON text.
-    json_scalar.parse_value = _parse_json  # type: ignore[method-assign]
-    json_scalar.parse_literal = _parse_json_literal  # type: ignore[method-assign]
+    query = schema.query_type
+    assert query is not None
+    for name, field in query.fields.items():
+        if name.startswith("load") and name.endswith("FromID") and field.resolve is None:
+            field.resolve = _load_from_id
     for spec in modules:
-        query = schema.query_type
-        assert query is not None
         query.fields[spec.field_name].resolve = _module_field(spec)
         module_type = schema.get_type(spec.type_name)
         assert isinstance(module_type, graphql.GraphQLObjectType)
         for name in spec.functions:
             module_type.fields[name].resolve = _function_field(spec, name)
+    for type_ in schema.type_map.values():
+        if isinstance(type_, graphql.GraphQLInterfaceType):
+            type_.resolve_type = _interface_type
+        if not isinstance(type_, graphql.GraphQLObjectType) or type_.name.startswith("__"):
+            continue
+        for name, field in type_.fields.items():
+            if field.resolve is None:
+                field.resolve = _id if name in {"id", "sync"} else _not_modelled
+            field.resolve = _keyed(field.resolve)
+    json_scalar = schema.get_type("JSON")
+    assert isinstance(json_scalar, graphql.GraphQLScalarType)
+    # The real engine's JSON scalar travels as a string of JSON text.
+    json_scalar.parse_value = _parse_json  # type: ignore[method-assign]
+    json_scalar.parse_literal = _parse_json_literal  # type: ignore[method-assign]
     return schema

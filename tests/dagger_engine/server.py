@@ -2,11 +2,17 @@
 
 ``close()`` also cuts every open keep-alive connection, so a client sees what it would see if
 the engine went away: connection reset, then connection refused.
+
+While a request is served, ``CLIENT_GONE`` holds an event set when the client closes the
+connection (it gave up, e.g. on its ``execute_timeout``): like a real engine, whose request
+context is then cancelled, a running exec stops and is not cached.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import select
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -14,6 +20,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # (method, path, headers, body) -> (status, headers, body)
 Handle = Callable[[str, str, Mapping[str, str], bytes], tuple[int, dict[str, str], bytes]]
+
+
+CLIENT_GONE: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("client_gone", default=None)
+
+
+def _watch(sock: socket.socket, gone: threading.Event, done: threading.Event) -> None:
+    """Set ``gone`` when the peer closes ``sock`` before ``done``."""
+    while not done.is_set():
+        try:
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable:
+                if sock.recv(1, socket.MSG_PEEK) == b"":
+                    gone.set()
+                return  # closed, or the client sent more: nothing more to learn
+        except (OSError, ValueError):
+            gone.set()
+            return
 
 
 class _Server(ThreadingHTTPServer):
@@ -88,7 +111,15 @@ class Listener:
             def _respond(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                status, headers, payload = listener._handle(self.command, self.path, dict(self.headers), body)
+                gone, done = threading.Event(), threading.Event()
+                watcher = threading.Thread(target=_watch, args=(self.connection, gone, done), daemon=True)
+                watcher.start()
+                token = CLIENT_GONE.set(gone)
+                try:
+                    status, headers, payload = listener._handle(self.command, self.path, dict(self.headers), body)
+                finally:
+                    CLIENT_GONE.reset(token)
+                    done.set()
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -98,5 +129,6 @@ class Listener:
 
             do_POST = _respond
             do_GET = _respond
+            do_DELETE = _respond
 
         return QueryHandler

@@ -1,7 +1,10 @@
 """Running an engine in its own process: exec rules from a JSON file, records to a JSON file.
 
 Rules file: a JSON list of ``{"match": [args prefix], "stdout": "", "stderr": "",
-"exit_code": 0, "delay": 0, "files": {}, "times": null}`` (only ``match`` is required).
+"exit_code": 0, "delay": 0, "files": {}, "times": null}`` (only ``match`` is required), or an
+object ``{"rules": [...], "images": [...]}`` whose images are ``{"address": ..., "commands":
+[...], "files": {}, "env": {}, "credentials": [user, password]}`` (only ``address`` is
+required), declared on top of the suite's images.
 """
 
 from __future__ import annotations
@@ -18,7 +21,18 @@ RECORD_ENV = "DAGGER_TEST_ENGINE_RECORD"
 
 
 def load_rules(engine: TestEngine, path: str | Path) -> None:
-    for rule in json.loads(Path(path).read_text(encoding="utf-8")):
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    rules, images = (data, []) if isinstance(data, list) else (data.get("rules", []), data.get("images", []))
+    for image in images:
+        credentials = image.get("credentials")
+        engine.add_image(
+            image["address"],
+            commands=image.get("commands"),
+            files=image.get("files"),
+            env=image.get("env"),
+            credentials=tuple(credentials) if credentials else None,
+        )
+    for rule in rules:
         outcome = ExecOutcome(
             stdout=rule.get("stdout", ""),
             stderr=rule.get("stderr", ""),

@@ -1,8 +1,12 @@
-"""The engine's object model: immutable states, each known by an opaque ID.
+"""The engine's object model: immutable states, each known by an opaque ID and a content key.
 
 Every API call that "changes" an object makes a new state pointing at its parent, like the
-real engine's DAG. File contents of a container depend on the execs in its chain, so they are
-computed lazily (``evaluation.py``) and memoized on the state.
+real engine's DAG. Each state also has a ``content_key``: a digest of how it was made (its parent's
+key, the field and its arguments, with object arguments replaced by *their* content keys), except
+where the real engine keys by content: a host directory or file by what it read, ``from`` by
+the image digest the tag resolved to, a secret by its name and a hash of its value. Equal
+keys mean the same operation, so the evaluator runs a key once for the whole engine
+(``evaluation.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import secrets
 import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
+
+from tests.dagger_engine.images import Image
 
 
 def new_id(kind: str) -> str:
@@ -23,6 +29,7 @@ def new_id(kind: str) -> str:
 class Node:
     graphql_type: ClassVar[str] = "Node"
     id: str = dataclasses.field(init=False)
+    content_key: str = dataclasses.field(default="", repr=False)  # set by the resolver that makes it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", new_id(self.graphql_type))
@@ -89,6 +96,7 @@ class Mount:
     kind: str  # host | directory | cache | file | secret
     label: str  # host path, cache key or secret name ("" for a directory not from the host)
     source: DirectoryState | FileState | CacheVolumeState | SecretState
+    read_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,22 +110,20 @@ class ExecOp:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FromOp:
+    """The root filesystem replaced by an image's."""
+
+    image: Image
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WriteOp:
     """Files written into the container: container path -> text."""
 
     files: Mapping[str, str]
 
 
-Op = ExecOp | WriteOp | None
-
-
-class Memo:
-    """Holds a container's evaluation once computed; failures are not kept (the real
-    engine does not cache a failed exec either)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.value: Any = None
+Op = ExecOp | WriteOp | FromOp | None
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -134,12 +140,11 @@ class ContainerState(Node):
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     mounts: Mapping[str, Mount] = dataclasses.field(default_factory=dict)
     secret_env: Mapping[str, SecretState] = dataclasses.field(default_factory=dict)
-    registry_auths: tuple[tuple[str, str, SecretState], ...] = ()
-    memo: Memo = dataclasses.field(init=False, default_factory=Memo, repr=False)
+    pulled: Image | None = None  # what ``from`` resolved to
 
     def derive(self, op: Op = None, **changes: Any) -> ContainerState:
         """A child state: same configuration with ``changes``, plus ``op`` applied on top."""
-        return dataclasses.replace(self, parent=self, op=op, **changes)
+        return dataclasses.replace(self, parent=self, op=op, content_key="", **changes)
 
     def has_exec(self) -> bool:
         state: ContainerState | None = self
