@@ -254,7 +254,7 @@ async def test_a_hung_engine_opens_the_breaker(
 ) -> None:
     engine = engine_under_test.only_test_engine("hanging the engine on purpose")
     worker = await start_worker(
-        timeout_seconds=1, engine_connect_timeout_seconds=0.5, breaker_failure_threshold=2, breaker_reset_seconds=60
+        timeout_seconds=1, engine_connect_timeout_seconds=3, breaker_failure_threshold=2, breaker_reset_seconds=60
     )
     assert stdout(await outcome(observer, channel, topology_spec, run_command(new_id("ok"), ["echo", "up"]))) == "up\n"
     engine.hang()  # accepts connections, never answers

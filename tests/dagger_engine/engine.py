@@ -271,11 +271,19 @@ class TestEngine:
         """Files in a cache volume (relative path -> text)."""
         return self._core.caches.snapshot(key)
 
-    def register_module(self, ref: str, name: str, functions: Mapping[str, Callable[..., Any]]) -> None:
+    def register_module(
+        self,
+        ref: str,
+        name: str,
+        functions: Mapping[str, Callable[..., Any]],
+        *,
+        constructor: Callable[..., Any] | None = None,
+    ) -> None:
         """Make ``moduleSource(refString: ref)`` resolve; once the module is served, its
-        functions answer ``{ <name> { <function>(<args>) } }`` (names in camelCase)."""
+        functions answer ``{ <name>(<constructor args>) { <function>(<args>) } }`` (names in
+        camelCase), and ``Module.objects`` describes them (``typedefs.py``)."""
         with self._core.lock:
-            self._core.modules[ref] = module_spec(ref, name, dict(functions))
+            self._core.modules[ref] = module_spec(ref, name, dict(functions), constructor)
 
     @property
     def query_errors(self) -> list[QueryProblem]:

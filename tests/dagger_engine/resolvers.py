@@ -633,20 +633,35 @@ def _id(obj: Node, _: Info) -> str:
 
 
 def _module_field(spec: ModuleSpec) -> Resolver:
-    def resolve(_: None, __: Info) -> ModuleObject:
-        return ModuleObject(module=spec.name)
+    def resolve(_: None, info: Info, **kw: Any) -> ModuleObject:
+        if spec.constructor is None:
+            return ModuleObject(module=spec.name)
+        value = _call_module_function(spec, spec.constructor, info, None, kw)
+        return ModuleObject(module=spec.name, value=value)
 
     return resolve
+
+
+def _call_module_function(spec: ModuleSpec, fn: Any, info: Info, module: Any, kw: dict[str, Any]) -> Any:
+    from tests.dagger_engine import typedefs
+
+    signature = typedefs.signature(fn.call)
+    args = {}
+    for arg, value in kw.items():
+        python = fn.args[arg][0]
+        args[python] = typedefs.argument_value(info, signature.parameters[python].annotation, value)
+    try:
+        result = fn.call(module, **args) if fn.takes_module else fn.call(**args)
+    except Exception as error:  # the function's own failure, as the engine reports it
+        raise graphql.GraphQLError(f"call {spec.name}.{fn.graphql_name}: {error}") from None
+    return typedefs.return_value(info, signature.return_annotation, result)
 
 
 def _function_field(spec: ModuleSpec, name: str) -> Resolver:
     fn = spec.functions[name]
 
-    def resolve(_: ModuleObject, __: Info, **kw: Any) -> Any:
-        try:
-            result = fn.call(**{fn.args[arg][0]: value for arg, value in kw.items()})
-        except Exception as error:  # the function's own failure, as the engine reports it
-            raise graphql.GraphQLError(f"call {spec.name}.{name}: {error}") from None
+    def resolve(obj: ModuleObject, info: Info, **kw: Any) -> Any:
+        result = _call_module_function(spec, fn, info, obj.value, kw)
         return json.dumps(result) if fn.returns == "JSON" else result
 
     return resolve
@@ -749,3 +764,7 @@ def _build(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
     json_scalar.parse_value = _parse_json  # type: ignore[method-assign]
     json_scalar.parse_literal = _parse_json_literal  # type: ignore[method-assign]
     return schema
+
+
+# The module type definitions' resolvers register themselves (they build on the ones above).
+from tests.dagger_engine import typedefs as _typedefs  # noqa: E402, F401

@@ -87,6 +87,7 @@ class ModuleObject:
     """The main object of a served module (``{ <module> { <function>(...) } }``)."""
 
     module: str
+    value: Any = None  # what the module's constructor returned, if it has one
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
