@@ -86,7 +86,9 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
         "summarize": next(r for r in dagger_engine.execs if is_step("json.load")(r)),
     }
     for record in by_name.values():
-        assert record.image == "python:3.12-slim"  # container_image overrides the workflow's image
+        # container_image overrides the workflow's image; it ran pinned to the digest the tag
+        # resolved to when the result-cache key was made
+        assert record.image.startswith("docker.io/library/python:3.12-slim@sha256:")
         assert record.workdir == "/data"
         assert record.env["DEBUG"] == "true" and record.env["PYTHONUNBUFFERED"] == "1"
     assert by_name["validate"].mounts == {"/data": ("host", data)}

@@ -157,13 +157,6 @@ async def test_adapter_circuit_opens_on_an_unreachable_engine_and_closes_after_a
     assert [r.args for r in dagger_engine.execs] == [["echo", "after"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug (issue 9): a step that exits non-zero runs with expect ANY, a cacheable engine operation, "
-        "so identical failing tasks are answered from the engine's cache and never run again"
-    ),
-)
 async def test_steps_exiting_non_zero_never_open_the_circuit(dagger_engine: TestEngine, tmp_path: Path) -> None:
     config = adapter_config(tmp_path, breaker_failure_threshold=1)
     async with started(config) as adapter:

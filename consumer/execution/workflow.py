@@ -351,7 +351,7 @@ async def _run_step(
         return
 
     try:
-        step_outputs = {name: await _read_output(ctr, step, name, path) for name, path in step.outputs.items()}
+        step_outputs = {name: await _read_output(ran, step, name, path) for name, path in step.outputs.items()}
     except ExecutionFailure as failure:
         out["status"] = "failed"
         out["error"] = ctx.redact(failure.message)
