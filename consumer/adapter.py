@@ -59,7 +59,10 @@ class DaggerAdapter(AgentAdapter):
         self._retry = RetryHandler(self.retry_policy)
         self._breaker = EngineCircuitBreaker(cfg.breaker_failure_threshold, cfg.breaker_reset_seconds)
         self._engine = DaggerEngine(
-            connect_timeout=cfg.engine_connect_timeout_seconds, execute_timeout=cfg.timeout_seconds
+            connect_timeout=cfg.engine_connect_timeout_seconds,
+            execute_timeout=cfg.timeout_seconds,
+            # An execution has a request or two open at once (workflow steps run concurrently).
+            max_connections=max(100, 2 * cfg.max_concurrent_executions),
         )
         self._cache = CacheManager(
             url=cfg.valkey_url,
@@ -411,7 +414,9 @@ class DaggerAdapter(AgentAdapter):
             )
 
         try:
-            return await asyncio.to_thread(compute)
+            # Hashing host inputs reads files: off the event loop. Without any, the key is a few
+            # microseconds of hashing, less than the hop to a thread.
+            return await asyncio.to_thread(compute) if inputs else compute()
         except OSError as exc:  # an input vanished meanwhile: run uncached, the run will say why
             log.warning("could not compute the cache key (%s); running uncached", type(exc).__name__)
             return None

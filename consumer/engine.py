@@ -1,4 +1,4 @@
-"""The process's one connection to the Dagger engine, shared by concurrent executions.
+"""The process's sessions with the Dagger engine, shared by concurrent executions.
 
 Why ``dagger.Connection`` (the SDK's isolated client) and not ``dagger.connection()`` + the
 global ``dag``: the global one is a process-wide singleton that keeps its connection
@@ -7,6 +7,11 @@ one mutable global. A long-lived service needs to *replace* a broken connection 
 executions still hold the old one; with an isolated client each generation is an object we
 own: executions borrow the current one, a failure marks it stale, the next borrower opens a
 fresh one, and the stale one is closed when its last borrower returns it.
+
+A real engine keeps registry credentials and served modules per *session*, so there is not
+one connection but a small pool, one per ``SessionKey`` (see there); through the dagger CLI
+each connection is a session of its own. Handed one existing session (``DAGGER_SESSION_PORT``)
+the pool cannot isolate anything, and says so instead of mixing credentials.
 
 SDK configuration: ``retry=None`` -- our ``RetryHandler`` is the only retry layer (the SDK's
 own gql retry would stall 15-20 s per failure and hide attempts from our policy and the
@@ -22,12 +27,22 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dagger
+import dagger.client._session as sdk_session
 import gql
+import httpx
+from dagger._exceptions import _query_error_from_transport
+from gql.transport.exceptions import (
+    TransportClosed,
+    TransportConnectionFailed,
+    TransportProtocolError,
+    TransportQueryError,
+    TransportServerError,
+)
 
 from consumer.errors import permanent
 
@@ -37,6 +52,21 @@ log = logging.getLogger(__name__)
 # (setSecret(plaintext: ...)), so those loggers must never print, whatever the log level.
 for _name in ("gql.transport.httpx", "gql.transport.common.base", "gql.client", "gql.dsl"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+# An exec's three results in one request, instead of sync + exitCode + stdout + stderr (four).
+# Fixed text: the container travels as a variable (its engine ID), never as message text.
+EXEC_OUTPUT_QUERY = gql.gql(
+    "query ExecOutput($id: ID!) { node(id: $id) { ... on Container { exitCode stdout stderr } } }"
+)
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    exit_code: int
+    stdout: str
+    stderr: str
+    container: dagger.Container  # the container after the exec, by its ID (as ``sync`` returns it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +118,14 @@ class DaggerEngine:
         execute_timeout: float,
         max_sessions: int = MAX_SESSIONS,
         idle_seconds: float = IDLE_SECONDS,
+        max_connections: int = 100,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._execute_timeout = execute_timeout
+        # The SDK's HTTP pool (httpx's default: 100 connections, 20 kept alive) queues every
+        # request past its size, and with many executions the queue's bookkeeping eats the
+        # worker's CPU; sized to the executions in flight, nothing waits for a connection.
+        self.max_connections = max_connections
         self._max_sessions = max(1, max_sessions)
         self._idle_seconds = idle_seconds
         self._sessions: dict[SessionKey, _Generation] = {}
@@ -137,7 +172,8 @@ class DaggerEngine:
                 await self._changed.wait()  # every session busy: wait for one to be returned
             connection = dagger.Connection(self._config())
             try:
-                client = await connection.__aenter__()
+                with _http_pool(self.max_connections):
+                    client = await connection.__aenter__()
             except BaseException:
                 with contextlib.suppress(Exception):
                     await connection.close()  # type: ignore[no-untyped-call]
@@ -229,14 +265,60 @@ class EngineSession:
     def discard(self) -> None:
         self._engine.discard(self._generation)
 
+    async def exec_output(self, container: dagger.Container) -> ExecOutput:
+        """Run ``container``'s exec and read its exit code, stdout and stderr: two requests (the
+        chain's ID, then one fixed query), where ``sync`` and a request per field take four."""
+        container_id = await container.id()
+        data = await self._execute(EXEC_OUTPUT_QUERY, {"id": container_id})
+        node = data["node"]
+        # Later reads (directories, files) refer to the exec by its ID, as after ``sync``.
+        synced = dagger.Container(self.client._ctx.select_id("Container", container_id))
+        return ExecOutput(exit_code=node["exitCode"], stdout=node["stdout"], stderr=node["stderr"], container=synced)
+
     async def execute(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         """A query whose text the caller built from the engine's own type definitions, with
         every value in ``variables``. The SDK builds no query for fields it did not introspect
         (a served module's functions appear after ``serve()``), so it goes through the
         connection's own session."""
+        return await self._execute(query, variables)
+
+    async def _execute(self, query: Any, variables: dict[str, Any]) -> dict[str, Any]:
+        """A fixed query through this connection, its failures raised as the SDK raises them
+        (``ExecError``, ``QueryError``, ``TransportError``) so they classify alike."""
         request = gql.GraphQLRequest(query, variable_values=variables)
-        result: dict[str, Any] = await self.client._ctx.conn.session.execute(request)
+        try:
+            result: dict[str, Any] = await self.client._ctx.conn.session.execute(request)
+        except TransportClosed as exc:
+            raise dagger.TransportError("Connection to engine has been closed.") from exc
+        except (TransportProtocolError, TransportServerError) as exc:
+            raise dagger.TransportError(f"Unexpected response from engine: {exc}") from exc
+        except TransportConnectionFailed as exc:
+            timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
+            message = str(exc) or ("Request timed out." if timed_out else "Failed to execute request")
+            raise dagger.TransportError(message) from exc
+        except TransportQueryError as exc:
+            error = _query_error_from_transport(exc, request)
+            if error is not None:
+                raise error from exc
+            raise
         return result
+
+
+@contextlib.contextmanager
+def _http_pool(max_connections: int) -> Iterator[None]:
+    """While a connection opens, the SDK builds its HTTP transport with this pool size: the SDK
+    has no setting for it, so its transport class is swapped for a sized one just then."""
+    original = sdk_session.TelemetryTransport
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+
+    def sized(**kwargs: Any) -> httpx.AsyncHTTPTransport:
+        return original(limits=limits, **kwargs)
+
+    sdk_session.TelemetryTransport = sized  # type: ignore[assignment, misc]
+    try:
+        yield
+    finally:
+        sdk_session.TelemetryTransport = original  # type: ignore[misc]
 
 
 async def _close(generation: _Generation) -> None:

@@ -24,6 +24,7 @@ They run after the chain, in order. The result carries the last exec's ``exit_co
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import time
 from collections.abc import Sequence
@@ -208,6 +209,7 @@ def plan_pipeline(params: PipelineParameters, rules: PathRules, allowed_modules:
     return plan
 
 
+@functools.cache  # the SDK's signatures do not change; inspecting one costs more than the rest of planning
 def _required(method: str) -> tuple[str, ...]:
     signature = inspect.signature(getattr(dagger.Container, method))
     return tuple(
@@ -277,11 +279,13 @@ async def _run_chain(plan: PipelinePlan, ctx: RunContext, result: dict[str, Any]
     ctx.progress(step, "started", f"{len(plan.operations)} operations")
     started = time.monotonic()
     try:
-        ctr = await ctr.sync()
         if ran_exec:
-            result["exit_code"] = await ctr.exit_code()
-            result["stdout"] = ctx.redact(tail(await ctr.stdout()))
-            result["stderr"] = ctx.redact(tail(await ctr.stderr()))
+            output = await ctx.session.exec_output(ctr)
+            result["exit_code"] = output.exit_code
+            result["stdout"] = ctx.redact(tail(output.stdout))
+            result["stderr"] = ctx.redact(tail(output.stderr))
+        else:
+            await ctr.sync()
         exported = []
         for export in plan.exports:
             source = at[export.after - 1]

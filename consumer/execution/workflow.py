@@ -320,8 +320,8 @@ async def _run_step(
     ctx.progress(step.name, "started", None)
     started = time.monotonic()
     try:
-        ran = await ran.sync()
-        exit_code, stdout, stderr = await asyncio.gather(ran.exit_code(), ran.stdout(), ran.stderr())
+        output = await ctx.session.exec_output(ran)
+        ran, exit_code, stdout, stderr = output.container, output.exit_code, output.stdout, output.stderr
         states[step.name] = [ran.directory(v.target) for v in plan.volumes]
     except dagger.ExecError as failed:
         exit_code, stdout, stderr = failed.exit_code, failed.stdout or "", failed.stderr or ""
