@@ -24,6 +24,7 @@ def main() -> int:
     parser.add_argument("--exec-delay", type=float, default=0.0, help="seconds an exec of SLOW_COMMAND takes")
     args = parser.parse_args()
     engine = TestEngine().start()
+    engine.declare_suite_images()
     engine.on_exec(SLOW_COMMAND, ExecOutcome(stdout="slept\n", delay=args.exec_delay))
     try:
         print(json.dumps({"port": engine.port, "session_token": engine.token}), flush=True)

@@ -45,6 +45,7 @@ def dagger_engine() -> Iterator[TestEngine]:
     """The test engine, with its session in ``os.environ`` (where the SDK looks) while it runs."""
     saved = {name: os.environ.get(name) for name in SESSION_VARIABLES}
     engine = TestEngine().start()
+    engine.declare_suite_images()
     os.environ.update(engine.session_env())
     try:
         yield engine

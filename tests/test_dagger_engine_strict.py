@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -184,6 +186,19 @@ async def test_a_failed_exec_is_not_cached_and_runs_again(dagger_engine: TestEng
     assert [r.exit_code for r in dagger_engine.execs] == [1, 0]
 
 
+async def test_an_exec_whose_client_gave_up_is_cancelled_and_not_cached(dagger_engine: TestEngine) -> None:
+    dagger_engine.on_exec(["work"], ExecOutcome(stdout="done\n"))
+    dagger_engine.on_exec(["work"], ExecOutcome(stdout="slow\n", delay=30), times=1)  # the first run only
+    async with session(dagger_engine, execute_timeout=2) as client:
+        step = client.container().from_("alpine").with_exec(["work"])
+        with pytest.raises(dagger.TransportError, match="timed out"):
+            await step.stdout()
+        await asyncio.to_thread(dagger_engine.wait_until, lambda: dagger_engine.current_execs == 0)
+        assert dagger_engine.execs[0].exit_code == -1  # killed with its request
+        assert await step.stdout() == "done\n"  # asked again: it runs again
+    assert len(dagger_engine.execs) == 2
+
+
 async def test_concurrent_identical_execs_run_once(dagger_engine: TestEngine) -> None:
     dagger_engine.on_exec(["build"], ExecOutcome(stdout="built\n", delay=0.3))
     dagger_engine.add_image("builder:1")
@@ -274,7 +289,7 @@ async def test_a_moved_tag_resolves_to_a_new_digest_and_runs_again(dagger_engine
         with pytest.raises(dagger.QueryError, match=r"immediately after the 'Container\.From' call"):
             await pinned.with_exec(["true"]).image_ref()
     assert moved.digest != first.digest
-    assert len(dagger_engine.execs) == 2  # a new digest is a new input
+    assert [r.image_ref for r in dagger_engine.execs] == [first.image_ref, moved.image_ref]  # a new input
 
 
 async def test_an_image_has_only_its_commands(dagger_engine: TestEngine) -> None:
@@ -387,6 +402,109 @@ async def test_a_session_loads_one_version_of_a_module(dagger_engine: TestEngine
         await client.module_source("github.com/acme/greeter@v2").as_module().serve()
         data = await client._ctx.conn.session.execute(gql.gql('{ greeter { greet(name: "bo") } }'))  # type: ignore[union-attr]
         assert data == {"greeter": {"greet": "v2: hello bo"}}
+
+
+class Level(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@dataclasses.dataclass
+class Report:
+    file_count: int
+    level: str
+
+
+async def test_module_functions_take_constructor_enum_and_object_arguments_and_return_objects(
+    dagger_engine: TestEngine, data_dir: Path
+) -> None:
+    def scan(self: dict[str, str], source: dagger.Directory, level: Level = Level.LOW) -> Report:
+        return Report(file_count=len(source.files), level=f"{self['prefix']}{level.name}")  # type: ignore[attr-defined]
+
+    def bundle(self: dict[str, str]) -> dagger.Directory:
+        return {"out/readme.txt": f"{self['prefix']}bundle\n"}  # type: ignore[return-value]
+
+    def new(prefix: str = "") -> dict[str, str]:
+        return {"prefix": prefix}
+
+    dagger_engine.register_module(
+        "github.com/acme/scanner@v3", "scanner", {"scan": scan, "bundle": bundle}, constructor=new
+    )
+    async with session(dagger_engine) as client:
+        await client.module_source("github.com/acme/scanner@v3").as_module().serve()
+        execute = client._ctx.conn.session.execute  # type: ignore[union-attr]
+        source_id = await client.host().directory(str(data_dir)).id()
+        query = f'{{ scanner(prefix: "p-") {{ scan(source: "{source_id}", level: HIGH) {{ fileCount level }} }} }}'
+        assert await execute(gql.gql(query)) == {"scanner": {"scan": {"fileCount": 1, "level": "p-HIGH"}}}
+        with pytest.raises(TransportQueryError, match="must have a selection of subfields"):
+            await execute(gql.gql(f'{{ scanner {{ scan(source: "{source_id}") }} }}'))  # an object, unselected
+        with pytest.raises(TransportQueryError, match="MEDIUM"):  # not a value of the module's enum
+            await execute(gql.gql(f'{{ scanner {{ scan(source: "{source_id}", level: MEDIUM) {{ level }} }} }}'))
+        bundle_id = (await execute(gql.gql('{ scanner(prefix: "x-") { bundle { id } } }')))["scanner"]["bundle"]["id"]
+        assert await client.load_directory_from_id(dagger.DirectoryID(bundle_id)).file("out/readme.txt").contents() == (
+            "x-bundle\n"
+        )
+    assert len(dagger_engine.take_query_errors()) == 2
+
+
+async def test_module_function_calls_are_cached_unless_their_policy_says_otherwise(dagger_engine: TestEngine) -> None:
+    calls: list[str] = []
+
+    def stamp(name: str) -> str:
+        calls.append(f"stamp {name}")
+        return f"stamped {name}"
+
+    def fresh(name: str) -> str:
+        calls.append(f"fresh {name}")
+        return f"fresh {name}"
+
+    dagger_engine.register_module(
+        "github.com/acme/stamper@v1", "stamper", {"stamp": stamp, "fresh": fresh}, cache={"fresh": "never"}
+    )
+    for token in (dagger_engine.token, dagger_engine.new_session()):
+        async with session(dagger_engine, token) as client:
+            await client.module_source("github.com/acme/stamper@v1").as_module().serve()
+            execute = client._ctx.conn.session.execute  # type: ignore[union-attr]
+            for name in ("a", "a", "b"):
+                query = f'{{ stamper {{ stamp(name: "{name}") fresh(name: "{name}") }} }}'
+                assert await execute(gql.gql(query)) == {
+                    "stamper": {"stamp": f"stamped {name}", "fresh": f"fresh {name}"}
+                }
+    assert sorted(c for c in calls if c.startswith("stamp")) == ["stamp a", "stamp b"]  # once, engine-wide
+    assert len([c for c in calls if c.startswith("fresh")]) == 6
+
+
+async def test_a_modules_type_definitions_describe_its_functions(dagger_engine: TestEngine) -> None:
+    def scan(self: dict[str, str], source: dagger.Directory, level: Level = Level.LOW) -> Report:
+        raise AssertionError("not called")
+
+    def new(prefix: str = "") -> dict[str, str]:
+        return {"prefix": prefix}
+
+    dagger_engine.register_module("github.com/acme/scanner@v3", "scanner", {"scan": scan}, constructor=new)
+    async with session(dagger_engine) as client:
+        module = client.module_source("github.com/acme/scanner@v3").as_module()
+        main, report = await module.objects()  # no serve() needed to read them
+        assert await main.kind() == dagger.TypeDefKind.OBJECT_KIND
+        assert [await main.as_object().name(), await report.as_object().name()] == ["Scanner", "ScannerReport"]
+        [constructor_arg] = await main.as_object().constructor().args()
+        assert (await constructor_arg.name(), await constructor_arg.default_value()) == ("prefix", dagger.JSON('""'))
+        [function] = await main.as_object().functions()
+        assert await function.name() == "scan"
+        source, level = await function.args()
+        assert await source.name() == "source" and await source.type_def().kind() == dagger.TypeDefKind.OBJECT_KIND
+        assert await source.type_def().as_object().name() == "Directory"
+        assert await level.type_def().kind() == dagger.TypeDefKind.ENUM_KIND and await level.type_def().optional()
+        assert [await m.name() for m in await level.type_def().as_enum().members()] == ["LOW", "HIGH"]
+        assert await level.default_value() == dagger.JSON('"LOW"')
+        returned = function.return_type()
+        assert await returned.kind() == dagger.TypeDefKind.OBJECT_KIND
+        assert await returned.as_object().name() == "ScannerReport"
+        fields = await report.as_object().fields()
+        assert [await f.name() for f in fields] == ["fileCount", "level"]
+        assert await fields[0].type_def().kind() == dagger.TypeDefKind.INTEGER_KIND
+        [enum_def] = await module.enums()
+        assert await enum_def.as_enum().name() == "ScannerLevel"
 
 
 # --- sessions, hangs and outages -------------------------------------------------------------

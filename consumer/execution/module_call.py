@@ -196,12 +196,15 @@ async def _type_ref(td: dagger.TypeDef) -> TypeRef:
     return TypeRef(kind, "", optional)
 
 
-async def _function_def(fn: dagger.Function) -> FunctionDef:
-    name, args, returns = await asyncio.gather(fn.name(), fn.args(), _type_ref(fn.return_type()))
+async def _function_def(fn: dagger.Function, *, constructor: bool = False) -> FunctionDef:
+    if constructor:  # nameless; it returns the module's main object
+        name, args, returns = "", await fn.args(), TypeRef(K.OBJECT_KIND, "", False)
+    else:
+        name, args, returns = await asyncio.gather(fn.name(), fn.args(), _type_ref(fn.return_type()))
     arg_names = await asyncio.gather(*(a.name() for a in args))
     arg_types = await asyncio.gather(*(_type_ref(a.type_def()) for a in args))
     return FunctionDef(
-        name=_checked_name(name, "function"),
+        name="" if constructor else _checked_name(name, "function"),
         args={_checked_name(n, "argument"): t for n, t in zip(arg_names, arg_types, strict=True)},
         returns=returns,
     )
@@ -221,14 +224,10 @@ async def load_binding(client: dagger.Client, ref: str) -> tuple[ModuleBinding, 
     if main is None:
         raise permanent(f"module {name!r} ({ref}) has no main object to call functions on")
     functions = await asyncio.gather(*(_function_def(fn) for fn in await main.functions()))
-    constructor = FunctionDef(name="", args={}, returns=TypeRef(K.OBJECT_KIND, name, False))
-    ctor = main.constructor()
-    try:
-        has_constructor = bool(await ctor.name())
-    except (dagger.QueryError, TypeError, KeyError, AttributeError):  # none: the field is null
-        has_constructor = False
-    if has_constructor:
-        constructor = await _function_def(ctor)
+    try:  # a constructor's name is empty; a module without one has a null constructor
+        constructor = await _function_def(main.constructor(), constructor=True)
+    except (dagger.QueryError, TypeError, KeyError, AttributeError):
+        constructor = FunctionDef(name="", args={}, returns=TypeRef(K.OBJECT_KIND, name, False))
     binding = ModuleBinding(
         ref=ref,
         name=name,

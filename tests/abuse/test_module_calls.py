@@ -2,14 +2,13 @@
 type definitions on the engine), values only as typed variables -- a command's text never
 becomes query text -- and object-typed arguments and returns handled or refused by name."""
 
-# No `from __future__ import annotations`: the test modules' annotations (enums, "Directory")
-# are read by the test engine as written.
-
+import dataclasses
 import enum
 import logging
 from pathlib import Path
 from typing import Any
 
+import dagger
 import pytest
 
 from consumer import DaggerAdapter
@@ -26,40 +25,49 @@ class Tone(enum.Enum):
     LOUD = "loud"
 
 
+@dataclasses.dataclass
+class Report:
+    lines: int
+
+
 class Greeter:
     """A module's functions, recording every call that reached them."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: TestEngine) -> None:
+        self.engine = engine
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def functions(self) -> dict[str, Any]:
-        def greet_person(module: Any, name: str, times: int, tone: Tone = Tone.PLAIN, tags: list[str] = ()) -> str:
-            self.calls.append(("greet_person", {"name": name, "times": times, "tone": tone, "tags": tags}))
-            text = f"{module['greeting']} {name} x{times}" + (f" {'+'.join(tags)}" if tags else "")
+        # The test engine hands the constructor's result to a first parameter named `self`.
+        greeter = self
+
+        def greet_person(self: Any, name: str, times: int, tone: Tone = Tone.PLAIN, tags: list[str] = ()) -> str:
+            greeter.calls.append(("greet_person", {"name": name, "times": times, "tone": tone, "tags": tags}))
+            text = f"{self['greeting']} {name} x{times}" + (f" {'+'.join(tags)}" if tags else "")
             return text.upper() if tone is Tone.LOUD else text
 
-        def count_files(module: Any, source: "Directory", token: "Secret") -> str:  # noqa: F821
-            self.calls.append(("count_files", {"source": source}))
-            return f"{len(source)} files; token {token}"
+        def count_files(self: Any, source: dagger.Directory, token: dagger.Secret) -> str:
+            greeter.calls.append(("count_files", {"source": source}))
+            return f"{len(source.files)} files; token {greeter.engine.secret_plaintext(token.name)}"  # type: ignore[attr-defined]
 
-        def listing(module: Any) -> "Directory":  # noqa: F821
-            self.calls.append(("listing", {}))
-            return {"a.txt": "a", "sub/b.txt": "b"}
+        def listing(self: Any) -> dagger.Directory:
+            greeter.calls.append(("listing", {}))
+            return {"a.txt": "a", "sub/b.txt": "b"}  # type: ignore[return-value]
 
-        def report(module: Any) -> "File":  # noqa: F821
-            self.calls.append(("report", {}))
-            return "all good\n"
+        def report(self: Any) -> dagger.File:
+            greeter.calls.append(("report", {}))
+            return "all good\n"  # type: ignore[return-value]
 
-        def serve_docs(module: Any) -> "Service":  # noqa: F821
-            self.calls.append(("serve_docs", {}))
-            raise AssertionError("never called")
+        def summary(self: Any) -> Report:
+            greeter.calls.append(("summary", {}))
+            return Report(lines=1)
 
         return {
             "greet_person": greet_person,
             "count_files": count_files,
             "listing": listing,
             "report": report,
-            "serve_docs": serve_docs,
+            "summary": summary,
         }
 
     @staticmethod
@@ -69,8 +77,10 @@ class Greeter:
 
 @pytest.fixture
 def greeter(dagger_engine: TestEngine) -> Greeter:
-    module = Greeter()
-    dagger_engine.register_module(REF, "greeter", module.functions(), constructor=Greeter.constructor)
+    module = Greeter(dagger_engine)
+    dagger_engine.register_module(
+        REF, "greeter", module.functions(), constructor=Greeter.constructor, cache={"greet_person": "never"}
+    )
     return module
 
 
@@ -155,13 +165,13 @@ async def test_object_returns_are_resolved_or_refused_by_name(
     async with started(allowed(tmp_path)) as adapter:
         listing = await call(adapter, "listing")
         report = await call(adapter, "report")
-        service = await call(adapter, "serve_docs")
+        summary = await call(adapter, "summary")
     assert listing.success, listing.error
     assert listing.result["value"] == {"type": "Directory", "entries": ["a.txt", "sub/"]}
     assert report.success, report.error
-    assert report.result["value"] == {"type": "File", "name": "result", "size": 9, "contents": "all good\n"}
-    refused(service, "'serveDocs'", "returns Service", "cannot be carried in a result")
-    assert [name for name, _ in greeter.calls] == ["listing", "report"]  # serve_docs never ran
+    assert report.result["value"] == {"type": "File", "name": "report", "size": 9, "contents": "all good\n"}
+    refused(summary, "'summary'", "returns GreeterReport", "cannot be carried in a result")
+    assert [name for name, _ in greeter.calls] == ["listing", "report"]  # summary never ran
 
 
 # --- injection -------------------------------------------------------------------------------

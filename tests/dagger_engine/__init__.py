@@ -20,7 +20,8 @@ operation cache), ``executor`` (one exec: rule or default, records, counters), `
 (default exec emulation, commands an image has), ``images`` (declared images, registries and
 their errors), ``sessions`` (per-session credentials, host snapshots, modules),
 ``filesystem`` (container paths, mounts, read-only mounts), ``snapshots`` (host files in and
-out), ``resolvers`` (field meanings), ``modules`` (served Dagger modules), ``server`` (HTTP
+out), ``resolvers`` (field meanings), ``modules`` (served Dagger modules), ``typedefs`` (a
+module's TypeDef API), ``server`` (HTTP
 listener), ``engine`` (the public ``TestEngine``), ``cli`` (stands in for the ``dagger``
 CLI), ``__main__``/``standalone`` (an engine in its own process).
 """

@@ -5,6 +5,7 @@ cache volumes, images, execs, secrets, exports, the modules it can load) and per
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import graphql
 
@@ -33,6 +34,7 @@ class EngineCore:
         self.exports: list[tuple[str, dict[str, str]]] = []
         self.modules: dict[str, ModuleSpec] = {}  # what moduleSource(refString:) can load, by ref
         self.sessions: dict[str, Session] = {}  # by token
+        self.function_results: dict[str, Any] = {}  # module function calls, by call digest
         self._secret_values: dict[str, str] = {}  # secret state id -> plaintext
         self._secret_by_name: dict[str, str] = {}
         self.base_schema: graphql.GraphQLSchema | None = None  # the core API, no modules

@@ -13,16 +13,16 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import graphql
 
 from tests.dagger_engine import validation
 from tests.dagger_engine.core import EngineCore, Request
 from tests.dagger_engine.evaluation import SESSION_AUTHS
-from tests.dagger_engine.images import Image, declare_suite_images
+from tests.dagger_engine.images import Image, ImageOptions, declare_suite_images
 from tests.dagger_engine.modules import module_spec
 from tests.dagger_engine.records import ExecAnswer, ExecMatch, ExecRecord, QueryProblem, exec_matches
 from tests.dagger_engine.resolvers import executable_schema
@@ -149,33 +149,14 @@ class TestEngine:
 
     # --- images ------------------------------------------------------------------------------
 
-    def add_image(
-        self,
-        address: str,
-        *,
-        files: Mapping[str, str] | None = None,
-        commands: Iterable[str] | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "/",
-        private: bool = False,
-        credentials: tuple[str, str] | None = None,
-        digest: str | None = None,
-    ) -> Image:
-        """Declare an image: ``from(address)`` pulls it (``address`` normalized the way Docker
-        does, so ``alpine`` is ``docker.io/library/alpine:latest``). ``commands`` are the
-        executables it has (default: ``images.BASE_COMMANDS``, a busybox-like set; give
-        ``[*BASE_COMMANDS, "python"]`` for more). ``credentials`` (username, password) make it
-        private: a pull needs them among the session's registry credentials."""
-        return self._core.registries.add(
-            address,
-            files=files,
-            commands=commands,
-            env=env,
-            workdir=workdir,
-            private=private,
-            credentials=credentials,
-            digest=digest,
-        )
+    def add_image(self, address: str, **options: Unpack[ImageOptions]) -> Image:
+        """Declare an image (``images.ImageOptions``): ``from(address)`` pulls it (``address``
+        normalized the way Docker does, so ``alpine`` is ``docker.io/library/alpine:latest``).
+        ``commands`` are the executables it has (default: ``images.BASE_COMMANDS``, a
+        busybox-like set; give ``[*BASE_COMMANDS, "python"]`` for more). ``credentials``
+        (username, password) make it private: a pull needs them among the session's registry
+        credentials."""
+        return self._core.registries.add(address, **options)
 
     def declare_suite_images(self) -> None:
         """Declare ``images.SUITE_IMAGES`` (public, with their commands)."""
@@ -278,12 +259,14 @@ class TestEngine:
         functions: Mapping[str, Callable[..., Any]],
         *,
         constructor: Callable[..., Any] | None = None,
+        cache: Mapping[str, str] | None = None,
     ) -> None:
         """Make ``moduleSource(refString: ref)`` resolve; once the module is served, its
         functions answer ``{ <name>(<constructor args>) { <function>(<args>) } }`` (names in
-        camelCase), and ``Module.objects`` describes them (``typedefs.py``)."""
+        camelCase; types from the annotations, see ``modules.py``). Calls are cached
+        engine-wide unless ``cache`` says ``{"function": "session" | "never"}``."""
         with self._core.lock:
-            self._core.modules[ref] = module_spec(ref, name, dict(functions), constructor)
+            self._core.modules[ref] = module_spec(ref, name, dict(functions), constructor, cache)
 
     @property
     def query_errors(self) -> list[QueryProblem]:

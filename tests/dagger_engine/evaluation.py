@@ -55,7 +55,7 @@ class OperationCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self.hits = 0  # evaluations answered from the cache (execs included)
+        self.hits = 0  # exec evaluations answered from the cache
 
     def entry(self, key: str) -> _Entry:
         with self._lock:
@@ -212,6 +212,7 @@ class Evaluator:
             registry_auths=list(SESSION_AUTHS.get()()),
             stdin=fs.read(op.redirect_stdin) or "" if op.redirect_stdin else op.stdin,
             expect=op.expect,
+            image_ref=state.pulled.image_ref if state.pulled is not None else None,
         )
         mounted = [self._secret_value(m.source) for m in state.mounts.values() if isinstance(m.source, SecretState)]
         hidden = [value for value in [*secret_values.values(), *mounted] if value]

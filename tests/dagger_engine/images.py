@@ -21,6 +21,7 @@ import hashlib
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
+from typing import TypedDict, Unpack
 
 DOCKER_HUB = "docker.io"
 # What ``from`` of an image without declared commands gets: a busybox-like userland.
@@ -105,6 +106,18 @@ class Image:
         return f"{self.reference.tagged}@{self.digest}"
 
 
+class ImageOptions(TypedDict, total=False):
+    """What a test may say about an image it declares (all optional)."""
+
+    files: Mapping[str, str]  # path in the image -> text
+    commands: Iterable[str]  # its executables (default BASE_COMMANDS)
+    env: Mapping[str, str]  # its config's environment
+    workdir: str  # its config's working directory (default "/")
+    private: bool  # pulls need the session's credentials for its registry
+    credentials: tuple[str, str]  # (username, password) it accepts; implies private
+    digest: str  # sha256:... (default: a new random one)
+
+
 class RegistryError(Exception):
     """A pull that failed; the message is what the engine reports."""
 
@@ -119,27 +132,18 @@ class Registries:
         self._faults: dict[str, tuple[str, int | None]] = {}  # host or host/repo[:tag] -> (fault, remaining)
         self.pulls = 0  # resolutions answered (successful or not), for tests
 
-    def add(
-        self,
-        address: str,
-        *,
-        files: Mapping[str, str] | None = None,
-        commands: Iterable[str] | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "/",
-        private: bool = False,
-        credentials: tuple[str, str] | None = None,
-        digest: str | None = None,
-    ) -> Image:
+    def add(self, address: str, **options: Unpack[ImageOptions]) -> Image:
         ref = parse_reference(address)
+        commands = options.get("commands")
+        credentials = options.get("credentials")
         image = Image(
             reference=ref,
-            digest=digest or new_digest(),
-            files=dict(files or {}),
+            digest=options.get("digest") or new_digest(),
+            files=dict(options.get("files") or {}),
             commands=frozenset(BASE_COMMANDS if commands is None else commands),
-            env=dict(env or {}),
-            workdir=workdir,
-            private=private or credentials is not None,
+            env=dict(options.get("env") or {}),
+            workdir=options.get("workdir", "/"),
+            private=options.get("private", False) or credentials is not None,
             credentials=credentials,
         )
         with self._lock:

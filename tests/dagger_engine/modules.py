@@ -1,14 +1,31 @@
 """Dagger modules a test registers: how a served module shows up in the GraphQL schema.
 
 After ``dag.module_source(ref).as_module().serve()`` the real engine adds a Query field named
-after the module (camelCase) whose object has one field per function (camelCase), with typed
-arguments. Here a function is a Python callable; its parameters and annotations give the
-GraphQL arguments (str -> String, int -> Int, float -> Float, bool -> Boolean, list[str] ->
-[String!], an enum.Enum class -> an enum of the module, the core object names "Directory",
-"File", "Container", "Secret", "CacheVolume", "Service" -> the object (as an argument: its ID),
-anything else -> JSON), a parameter with a default is optional. A ``constructor`` callable
-gives the module field's arguments; its result reaches every function whose first parameter
-is named ``module``. ``typedefs.py`` serves the same as the module's type definitions.
+after the module (camelCase) -- with the constructor's arguments, if it has one -- whose object
+has one field per function (camelCase), with typed arguments. Here a function is a Python
+callable; its parameters and annotations give the GraphQL arguments and return type:
+
+- ``str``/``int``/``float``/``bool`` -> ``String``/``Int``/``Float``/``Boolean``, ``list[T]``
+  -> ``[T!]``, ``T | None`` -> nullable; a parameter with a default is optional;
+- an ``enum.Enum`` -> a module enum (values: member names; the function gets the member);
+- the SDK's ``dagger.Directory``/``dagger.File``/``dagger.Container``/``dagger.Secret`` ->
+  an argument given by ID (``ID!``), the function gets the engine's state object
+  (``DirectoryState.files``, ``FileState.contents``, ...); as a return type ``Directory`` (the
+  function returns ``{path: text}``) or ``File`` (it returns the text);
+- a dataclass -> a module object type (as a return type; fields from the dataclass's fields);
+- anything else -> ``JSON`` (a string of JSON text on the wire, nullable).
+
+Module types are namespaced like the engine does: a type whose name does not start with the
+module's is prefixed with it (``Report`` of module ``greeter`` is ``GreeterReport``). A
+``constructor`` callable's parameters become the module field's arguments, and what it
+returns is passed to every function whose first parameter is ``self``. Functions answer
+scalars, lists, JSON, the two core types above and module objects; a query selecting an
+object without sub-fields is refused by validation.
+
+Function calls are cached like the engine caches them (v0.19+): a call with the same module,
+constructor arguments, function and arguments is answered from the engine-wide cache without
+running (``cache={"fn": "session"}`` caches per session, ``"never"`` never); a call that
+raised is not cached.
 """
 
 from __future__ import annotations
@@ -17,11 +34,17 @@ import dataclasses
 import enum
 import inspect
 import re
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
-_SCALARS = {"str": "String", "int": "Int", "float": "Float", "bool": "Boolean", "list[str]": "[String!]"}
-_OBJECTS = ("Container", "Directory", "File", "Secret", "CacheVolume", "Service")
+_SCALARS: dict[Any, str] = {str: "String", int: "Int", float: "Float", bool: "Boolean"}
+_SCALAR_NAMES = {"str": "String", "int": "Int", "float": "Float", "bool": "Boolean", "list[str]": "[String!]"}
+CORE_OBJECTS = {"Directory", "File", "Container", "Secret", "CacheVolume"}
+# Function caching (engine v0.19+): calls are cached engine-wide by default; a function may be
+# cached per session only, or never (``+cache="session"`` / ``+cache="never"`` in a module).
+CACHE_POLICIES = ("default", "session", "never")
 
 
 def camel(name: str) -> str:
@@ -36,26 +59,24 @@ def pascal(name: str) -> str:
     return lower[:1].upper() + lower[1:]
 
 
-def _graphql_type(annotation: Any, *, argument: bool = False, module_type: str = "") -> str:
-    if annotation is inspect.Parameter.empty:
-        return "JSON"
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return f"{module_type}{annotation.__name__}"
-    if annotation in _OBJECTS:
-        return "ID" if argument else str(annotation)
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    if not isinstance(annotation, str) and getattr(annotation, "__args__", None):
-        text = str(annotation)
-    return _SCALARS.get(text.replace("typing.", "").replace("builtins.", ""), "JSON")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Arg:
+    python_name: str
+    type: str  # GraphQL type, with "!" when required
+    kind: str = "value"  # value | enum | object (loaded by ID)
+    enum: type[enum.Enum] | None = None
+    object_type: str = ""  # the core type an ID argument stands for (Directory, ...)
+    default: Any = inspect.Parameter.empty
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FunctionSpec:
     graphql_name: str
     call: Callable[..., Any]
-    args: dict[str, tuple[str, str, bool]]  # graphql arg name -> (python name, type, required)
-    returns: str
-    takes_module: bool = False  # the first parameter, ``module``, gets the constructor's result
+    args: dict[str, Arg]  # by GraphQL name
+    returns: str  # GraphQL type
+    takes_self: bool = False
+    cache: str = "default"  # the function's cache policy: default (engine-wide) | session | never
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,7 +85,8 @@ class ModuleSpec:
     name: str
     functions: dict[str, FunctionSpec]
     constructor: FunctionSpec | None = None
-    enums: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # type name -> members
+    extra_sdl: tuple[str, ...] = ()  # enums and object types of the module
+    object_fields: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # type -> field -> attr
 
     @property
     def field_name(self) -> str:
@@ -75,40 +97,113 @@ class ModuleSpec:
         return pascal(self.name)
 
 
+class _Types:
+    """Collects the module's own enums and object types while mapping annotations."""
+
+    def __init__(self, module: str) -> None:
+        self.module = pascal(module)
+        self.sdl: dict[str, str] = {}
+        self.fields: dict[str, dict[str, str]] = {}  # object type -> GraphQL field -> attribute
+
+    def namespaced(self, name: str) -> str:
+        name = pascal(name)
+        return name if name.startswith(self.module) else self.module + name
+
+    def graphql(self, annotation: Any, *, argument: bool) -> tuple[str, str, type[enum.Enum] | None]:
+        """(type without the outer "!", kind, enum class)."""
+        if isinstance(annotation, str):
+            return _SCALAR_NAMES.get(annotation.replace("typing.", ""), "JSON"), "value", None
+        if annotation in _SCALARS:
+            return _SCALARS[annotation], "value", None
+        origin = typing.get_origin(annotation)
+        if origin is list:
+            (item,) = typing.get_args(annotation) or (Any,)
+            inner, kind, enum_class = self.graphql(item, argument=argument)
+            return f"[{inner}!]", kind, enum_class
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+            name = self.namespaced(annotation.__name__)
+            self.sdl[name] = f"enum {name} {{ {' '.join(annotation.__members__)} }}"
+            return name, "enum", annotation
+        if isinstance(annotation, type) and annotation.__name__ in CORE_OBJECTS:
+            if argument:
+                return "ID", "object", None
+            return annotation.__name__, "value", None
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and not argument:
+            name = self.namespaced(annotation.__name__)
+            hints = typing.get_type_hints(annotation)
+            fields = [
+                f"  {camel(f.name)}: {self.type(hints[f.name], argument=False)}" for f in dataclasses.fields(annotation)
+            ]
+            self.sdl[name] = f"type {name} {{\n" + "\n".join(fields) + "\n}"
+            self.fields[name] = {camel(f.name): f.name for f in dataclasses.fields(annotation)}
+            return name, "value", None
+        return "JSON", "value", None
+
+    def type(self, annotation: Any, *, argument: bool) -> str:
+        nullable = False
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            nullable = len(members) != len(typing.get_args(annotation))
+            annotation = members[0] if len(members) == 1 else Any
+        inner, _, _ = self.graphql(annotation, argument=argument)
+        return inner if nullable or inner == "JSON" else inner + "!"
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # a local type the annotations cannot name: fall back to the text
+        return dict(getattr(fn, "__annotations__", {}))
+
+
+def _function(name: str, fn: Callable[..., Any], module_types: _Types) -> FunctionSpec:
+    hints = _hints(fn)
+    params = list(inspect.signature(fn).parameters.values())
+    takes_self = bool(params) and params[0].name == "self"
+    args: dict[str, Arg] = {}
+    for param in params[1:] if takes_self else params:
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        annotation = hints.get(param.name, "JSON")
+        arg_type = module_types.type(annotation, argument=True)
+        if param.default is not inspect.Parameter.empty:
+            arg_type = arg_type.removesuffix("!")
+        base = (
+            typing.get_args(annotation)[0]
+            if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            else annotation
+        )
+        _, kind, enum_class = module_types.graphql(base, argument=True)
+        element = typing.get_args(base)[0] if typing.get_origin(base) is list else base
+        object_type = getattr(element, "__name__", "") if kind == "object" else ""
+        args[camel(param.name)] = Arg(param.name, arg_type, kind, enum_class, object_type, param.default)
+    returns = module_types.type(hints.get("return", "JSON"), argument=False)
+    return FunctionSpec(camel(name), fn, args, returns, takes_self)
+
+
 def module_spec(
-    ref: str, name: str, functions: dict[str, Callable[..., Any]], constructor: Callable[..., Any] | None = None
+    ref: str,
+    name: str,
+    functions: dict[str, Callable[..., Any]],
+    constructor: Callable[..., Any] | None = None,
+    cache: Mapping[str, str] | None = None,
 ) -> ModuleSpec:
-    module_type = pascal(name)
-    enums: dict[str, tuple[str, ...]] = {}
-
-    def function(fn_name: str, fn: Callable[..., Any]) -> FunctionSpec:
-        try:  # annotations evaluated where they can be; "Directory" and friends stay strings
-            signature = inspect.signature(fn, eval_str=True)
-        except NameError:
-            signature = inspect.signature(fn)
-        args: dict[str, tuple[str, str, bool]] = {}
-        params = list(signature.parameters.values())
-        takes_module = bool(params) and params[0].name == "module"
-        for param in params[1:] if takes_module else params:
-            if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-                continue
-            required = param.default is inspect.Parameter.empty
-            gql_type = _graphql_type(param.annotation, argument=True, module_type=module_type)
-            args[camel(param.name)] = (param.name, gql_type, required)
-        for annotation in [p.annotation for p in params] + [signature.return_annotation]:
-            if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-                enums[f"{module_type}{annotation.__name__}"] = tuple(m.name for m in annotation)
-        returns = _graphql_type(signature.return_annotation, module_type=module_type)
-        return FunctionSpec(camel(fn_name), fn, args, returns, takes_module)
-
-    specs = {camel(fn_name): function(fn_name, fn) for fn_name, fn in functions.items()}
-    ctor = function(name, constructor) if constructor is not None else None
-    return ModuleSpec(ref=ref, name=name, functions=specs, constructor=ctor, enums=enums)
+    module_types = _Types(name)
+    specs: dict[str, FunctionSpec] = {}
+    for fn_name, fn in functions.items():
+        policy = (cache or {}).get(fn_name, "default")
+        if policy not in CACHE_POLICIES:
+            raise ValueError(f"cache policy of {fn_name!r}: one of {CACHE_POLICIES}, not {policy!r}")
+        specs[camel(fn_name)] = dataclasses.replace(_function(fn_name, fn, module_types), cache=policy)
+        if specs[camel(fn_name)].returns.rstrip("!") in {"Container", "Secret", "CacheVolume"}:
+            raise ValueError(f"{fn_name!r}: returning a {specs[camel(fn_name)].returns} is not modelled")
+    built = _function("constructor", constructor, module_types) if constructor is not None else None
+    return ModuleSpec(ref, name, specs, built, tuple(module_types.sdl.values()), module_types.fields)
 
 
-def _arguments(fn: FunctionSpec) -> str:
-    args = ", ".join(f"{name}: {type_}{'!' if required else ''}" for name, (_, type_, required) in fn.args.items())
-    return f"({args})" if args else ""
+def _args_sdl(args: dict[str, Arg]) -> str:
+    text = ", ".join(f"{name}: {arg.type}" for name, arg in args.items())
+    return f"({text})" if text else ""
 
 
 def module_sdl(modules: list[ModuleSpec]) -> str:
@@ -116,17 +211,14 @@ def module_sdl(modules: list[ModuleSpec]) -> str:
     if not modules:
         return ""
     lines = ["extend type Query {"]
-    lines += [f"  {m.field_name}{_arguments(m.constructor) if m.constructor else ''}: {m.type_name}!" for m in modules]
+    for m in modules:
+        args = _args_sdl(m.constructor.args) if m.constructor else ""
+        lines.append(f"  {m.field_name}{args}: {m.type_name}!")
     lines.append("}")
     for m in modules:
-        for enum_name, members in m.enums.items():
-            lines.append(f"enum {enum_name} {{ {' '.join(members)} }}")
         lines.append(f"type {m.type_name} {{")
         for fn in m.functions.values():
-            args = ", ".join(
-                f"{name}: {type_}{'!' if required else ''}" for name, (_, type_, required) in fn.args.items()
-            )
-            nullable = fn.returns in ("JSON", "Void")  # a function may return nothing
-            lines.append(f"  {fn.graphql_name}{f'({args})' if args else ''}: {fn.returns}{'' if nullable else '!'}")
+            lines.append(f"  {fn.graphql_name}{_args_sdl(fn.args)}: {fn.returns}")
         lines.append("}")
+        lines.extend(m.extra_sdl)
     return "\n".join(lines)

@@ -37,6 +37,7 @@ class ExecRecord:
     registry_auths: list[tuple[str, str, str]]
     stdin: str = ""
     expect: str = "SUCCESS"
+    image_ref: str | None = None  # what ``image`` resolved to: host/repo:tag@sha256:...
     started_at: float = 0.0
     finished_at: float | None = None
     exit_code: int | None = None

@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 import graphql
 
-from tests.dagger_engine import snapshots
+from tests.dagger_engine import snapshots, typedefs
 from tests.dagger_engine.commands import CommandNotFound
 from tests.dagger_engine.core import EngineCore, Request
 from tests.dagger_engine.evaluation import Evaluated, ExecFailed
 from tests.dagger_engine.filesystem import ReadOnlyFileSystem, normalize, relative_to
 from tests.dagger_engine.images import RegistryError, auth_host
-from tests.dagger_engine.modules import ModuleSpec, module_sdl
+from tests.dagger_engine.modules import FunctionSpec, ModuleSpec, module_sdl
 from tests.dagger_engine.schema import SDL
 from tests.dagger_engine.sessions import Session
 from tests.dagger_engine.state import (
@@ -628,41 +628,92 @@ def _serve(m: ModuleState, info: Info, **_: Any) -> None:
         session.served = served
 
 
+def _make_record(info: Info) -> typedefs.Make:
+    def make(graphql_type: str, values: dict[str, Any]) -> typedefs.Record:
+        record = typedefs.record_class(graphql_type)(values=values)
+        return _new(info, record, key=digest("record", graphql_type, record.id))
+
+    return make
+
+
+@resolves("Module", "objects")
+def _module_objects(m: ModuleState, info: Info) -> list[typedefs.Record]:
+    return typedefs.module_objects(_core(info).modules[m.ref], _make_record(info))
+
+
+@resolves("Module", "enums")
+def _module_enums(m: ModuleState, info: Info) -> list[typedefs.Record]:
+    return typedefs.module_enums(_core(info).modules[m.ref], _make_record(info))
+
+
+def _record_field(record: typedefs.Record, info: Info, **_: Any) -> Any:
+    if info.field_name in record.values:
+        return record.values[info.field_name]
+    if info.field_name in {"description", "sourceModuleName"}:
+        return ""
+    if info.field_name == "deprecated":
+        return None
+    return _not_modelled(record, info)
+
+
 def _id(obj: Node, _: Info) -> str:
     return obj.id
 
 
 def _module_field(spec: ModuleSpec) -> Resolver:
     def resolve(_: None, info: Info, **kw: Any) -> ModuleObject:
+        key = digest(spec.ref, {k: _canonical(info, v) for k, v in kw.items()})
         if spec.constructor is None:
-            return ModuleObject(module=spec.name)
-        value = _call_module_function(spec, spec.constructor, info, None, kw)
-        return ModuleObject(module=spec.name, value=value)
+            return ModuleObject(module=spec.name, key=key)
+        value = _call(spec, spec.constructor, info, None, kw)
+        return ModuleObject(module=spec.name, value=value, key=key)
 
     return resolve
 
 
-def _call_module_function(spec: ModuleSpec, fn: Any, info: Info, module: Any, kw: dict[str, Any]) -> Any:
-    from tests.dagger_engine import typedefs
-
-    signature = typedefs.signature(fn.call)
-    args = {}
-    for arg, value in kw.items():
-        python = fn.args[arg][0]
-        args[python] = typedefs.argument_value(info, signature.parameters[python].annotation, value)
+def _call(spec: ModuleSpec, fn: FunctionSpec, info: Info, self_value: Any, kw: dict[str, Any]) -> Any:
+    """Call a module function with its GraphQL arguments made Python values."""
+    args: dict[str, Any] = {}
+    for name, value in kw.items():
+        arg = fn.args[name]
+        if value is not None and arg.kind == "enum" and arg.enum is not None:
+            value = [arg.enum[v] for v in value] if isinstance(value, list) else arg.enum[value]
+        elif value is not None and arg.kind == "object":
+            value = [_load(info, v, Node) for v in value] if isinstance(value, list) else _load(info, value, Node)
+        args[arg.python_name] = value
     try:
-        result = fn.call(module, **args) if fn.takes_module else fn.call(**args)
+        return fn.call(self_value, **args) if fn.takes_self else fn.call(**args)
     except Exception as error:  # the function's own failure, as the engine reports it
         raise graphql.GraphQLError(f"call {spec.name}.{fn.graphql_name}: {error}") from None
-    return typedefs.return_value(info, signature.return_annotation, result)
 
 
 def _function_field(spec: ModuleSpec, name: str) -> Resolver:
     fn = spec.functions[name]
+    returns = fn.returns.rstrip("!")
 
     def resolve(obj: ModuleObject, info: Info, **kw: Any) -> Any:
-        result = _call_module_function(spec, fn, info, obj.value, kw)
-        return json.dumps(result) if fn.returns == "JSON" else result
+        key = digest(obj.key, fn.graphql_name, {k: _canonical(info, v) for k, v in kw.items()})
+        store = _core(info).function_results if fn.cache == "default" else _session(info).function_results
+        missing = object()
+        result = store.get(key, missing) if fn.cache != "never" else missing
+        if result is missing:
+            result = _call(spec, fn, info, obj.value, kw)  # raises: not cached
+            if fn.cache != "never":
+                store[key] = result
+        if returns == "JSON":
+            return json.dumps(result)
+        if returns == "Directory":
+            return _new(info, DirectoryState(files={str(k): str(v) for k, v in dict(result).items()}))
+        if returns == "File":
+            return _new(info, FileState(name=fn.graphql_name, contents=str(result)))
+        return result
+
+    return resolve
+
+
+def _attribute(attribute: str) -> Resolver:
+    def resolve(obj: Any, _: Info) -> Any:
+        return getattr(obj, attribute)
 
     return resolve
 
@@ -749,6 +800,17 @@ def _build(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
         assert isinstance(module_type, graphql.GraphQLObjectType)
         for name in spec.functions:
             module_type.fields[name].resolve = _function_field(spec, name)
+        for type_name, fields in spec.object_fields.items():
+            object_type = schema.get_type(type_name)
+            assert isinstance(object_type, graphql.GraphQLObjectType)
+            for field_name, attribute in fields.items():
+                object_type.fields[field_name].resolve = _attribute(attribute)
+    for type_name in typedefs.TYPES:
+        record_type = schema.get_type(type_name)
+        assert isinstance(record_type, graphql.GraphQLObjectType), type_name
+        for name, field in record_type.fields.items():
+            if name not in {"id", "sync"} and field.resolve is None:
+                field.resolve = _record_field
     for type_ in schema.type_map.values():
         if isinstance(type_, graphql.GraphQLInterfaceType):
             type_.resolve_type = _interface_type
@@ -764,7 +826,3 @@ def _build(modules: list[ModuleSpec]) -> graphql.GraphQLSchema:
     json_scalar.parse_value = _parse_json  # type: ignore[method-assign]
     json_scalar.parse_literal = _parse_json_literal  # type: ignore[method-assign]
     return schema
-
-
-# The module type definitions' resolvers register themselves (they build on the ones above).
-from tests.dagger_engine import typedefs as _typedefs  # noqa: E402, F401

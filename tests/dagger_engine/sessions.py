@@ -30,6 +30,7 @@ class Session:
     registry_auths: dict[str, tuple[str, str, str]] = dataclasses.field(default_factory=dict)
     host_snapshots: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     served: dict[str, ModuleSpec] = dataclasses.field(default_factory=dict)  # by module name
+    function_results: dict[str, Any] = dataclasses.field(default_factory=dict)  # cache="session" calls
     closed: bool = False
 
     def add_auth(self, host: str, username: str, password: str, secret_name: str) -> None:

@@ -24,14 +24,10 @@ def load_rules(engine: TestEngine, path: str | Path) -> None:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     rules, images = (data, []) if isinstance(data, list) else (data.get("rules", []), data.get("images", []))
     for image in images:
-        credentials = image.get("credentials")
-        engine.add_image(
-            image["address"],
-            commands=image.get("commands"),
-            files=image.get("files"),
-            env=image.get("env"),
-            credentials=tuple(credentials) if credentials else None,
-        )
+        options = {k: v for k, v in image.items() if k != "address"}
+        if "credentials" in options:
+            options["credentials"] = tuple(options["credentials"])
+        engine.add_image(image["address"], **options)
     for rule in rules:
         outcome = ExecOutcome(
             stdout=rule.get("stdout", ""),

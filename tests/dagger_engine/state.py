@@ -84,10 +84,12 @@ class ModuleState(Node):
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ModuleObject:
-    """The main object of a served module (``{ <module> { <function>(...) } }``)."""
+    """The main object of a served module (``{ <module>(<constructor args>) { <function>(...) } }``);
+    ``value`` is what the module's constructor returned (None without one)."""
 
     module: str
-    value: Any = None  # what the module's constructor returned, if it has one
+    value: Any = None
+    key: str = ""  # digest of the module and its constructor arguments
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,247 +1,123 @@
-"""A module's type definitions, as a client reads them from the engine before calling it:
-``Module.objects`` -> ``TypeDef`` (``asObject``: ``ObjectTypeDef`` with ``functions`` and
-``constructor``) -> ``Function`` (``name``, ``args``, ``returnType``) -> ``FunctionArg``
-(``name``, ``typeDef``), with ``asList``/``asEnum``/``asScalar`` for argument and return types.
+"""A module's type definitions through the engine's ``TypeDef`` API: ``Module.objects`` and
+``Module.enums`` (``TypeDef`` -> ``ObjectTypeDef``/``EnumTypeDef`` -> ``Function`` ->
+``FunctionArg`` -> ``TypeDef`` ...), built from a registered module (``modules.py``), so a
+client can learn a module's functions, their arguments and return types before calling them.
 
-They are read off the Python functions a test registers (``modules.py``): ``str``/``int``/
-``float``/``bool`` and ``list[str]`` are the built-in kinds, an ``enum.Enum`` class is an enum of
-the module (named ``<Module><Class>`` as the real engine namespaces it), the names ``"Container"``,
-``"Directory"``, ``"File"``, ``"Secret"``, ``"CacheVolume"`` and ``"Service"`` (as string
-annotations) are the core object types, ``None`` is ``Void``, anything else ``JSON``. A parameter
-with a default is optional.
-
-Objects cross into a test's function as plain values: a ``Directory`` argument as its files
-(``{path: text}``), a ``File`` as its text, a ``Secret`` as its plaintext, a ``CacheVolume`` as its
-key; a function returning ``"Directory"`` returns ``{path: text}``, one returning ``"File"`` its
-text.
+Every object is a ``Record``: a node whose fields are plain values (nested records are
+registered like any object, so the SDK can load them by ID). Names are the GraphQL names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
+import functools
 import inspect
+import json
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-import graphql
+from tests.dagger_engine.modules import Arg, FunctionSpec, ModuleSpec
+from tests.dagger_engine.state import Node
 
-from tests.dagger_engine.modules import FunctionSpec, ModuleSpec
-from tests.dagger_engine.resolvers import Info, _core, _load, _new, resolves
-from tests.dagger_engine.state import CacheVolumeState, DirectoryState, FileState, ModuleState, Node, SecretState
-
-OBJECTS = ("Container", "Directory", "File", "Secret", "CacheVolume", "Service")
-_KINDS = {str: "STRING_KIND", int: "INTEGER_KIND", float: "FLOAT_KIND", bool: "BOOLEAN_KIND"}
+TYPES = ("TypeDef", "ObjectTypeDef", "EnumTypeDef", "EnumValueTypeDef", "ListTypeDef", "ScalarTypeDef", "Function",
+         "FunctionArg", "FieldTypeDef")  # fmt: skip
+_KINDS = {"String": "STRING_KIND", "Int": "INTEGER_KIND", "Float": "FLOAT_KIND", "Boolean": "BOOLEAN_KIND"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class TypeDefState(Node):
-    graphql_type: ClassVar[str] = "TypeDef"
-    kind: str
-    name: str = ""
-    optional: bool = False
-    element: TypeDefState | None = None
-    members: tuple[str, ...] = ()
-    functions: tuple[FunctionState, ...] = ()
-    constructor: FunctionState | None = None
+class Record(Node):
+    graphql_type: ClassVar[str] = "Record"
+    values: Mapping[str, Any]
 
 
-@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class FunctionState(Node):
-    graphql_type: ClassVar[str] = "Function"
-    name: str
-    args: tuple[FunctionArgState, ...]
-    returns: TypeDefState
+@functools.cache
+def record_class(graphql_type: str) -> type[Record]:
+    return type(f"{graphql_type}Record", (Record,), {"graphql_type": graphql_type, "__slots__": ()})
 
 
-@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class FunctionArgState(Node):
-    graphql_type: ClassVar[str] = "FunctionArg"
-    name: str
-    type_def: TypeDefState
+Make = Callable[[str, dict[str, Any]], Record]  # registers a record of a GraphQL type
 
 
-@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class EnumValueState(Node):
-    graphql_type: ClassVar[str] = "EnumValueTypeDef"
-    name: str
+class Builder:
+    def __init__(self, spec: ModuleSpec, make: Make) -> None:
+        self.spec = spec
+        self.make = make
+        self.enums = {line.split()[1] for line in spec.extra_sdl if line.startswith("enum ")}
 
+    def type_def(self, graphql_type: str, *, object_type: str = "") -> Record:
+        optional = not graphql_type.endswith("!")
+        name = graphql_type.rstrip("!")
+        values: dict[str, Any] = {"optional": optional, "name": name}
+        if name.startswith("["):
+            values["kind"] = "LIST_KIND"
+            values["asList"] = self.make("ListTypeDef", {"elementTypeDef": self.type_def(name[1:-1])})
+        elif name in _KINDS:
+            values["kind"] = _KINDS[name]
+        elif name in self.enums:
+            values["kind"] = "ENUM_KIND"
+            values["asEnum"] = self.enum(name)
+        elif name == "ID" and object_type:
+            values.update(kind="OBJECT_KIND", name=object_type)
+            values["asObject"] = self.make("ObjectTypeDef", {"name": object_type, "functions": [], "fields": []})
+        elif name == "JSON":
+            values["kind"] = "SCALAR_KIND"
+            values["asScalar"] = self.make("ScalarTypeDef", {"name": "JSON"})
+        else:
+            values["kind"] = "OBJECT_KIND"
+            values["asObject"] = self.object(name)
+        return self.make("TypeDef", values)
 
-def signature(fn: Any) -> inspect.Signature:
-    """``fn``'s signature with annotations evaluated where they can be (string annotations of
-    the core object names stay strings)."""
-    try:
-        return inspect.signature(fn, eval_str=True)
-    except NameError:
-        return inspect.signature(fn)
+    def enum(self, name: str) -> Record:
+        line = next(line for line in self.spec.extra_sdl if line.startswith(f"enum {name} "))
+        members = [
+            self.make("EnumValueTypeDef", {"name": member, "value": member})
+            for member in line.split("{", 1)[1].rstrip("}").split()
+        ]
+        return self.make("EnumTypeDef", {"name": name, "members": members, "values": members})
 
+    def object(self, name: str) -> Record:
+        fields: list[Record] = []
+        functions: list[Record] = []
+        if name == self.spec.type_name:
+            functions = [self.function(fn) for fn in self.spec.functions.values()]
+        for line in next((sdl for sdl in self.spec.extra_sdl if sdl.startswith(f"type {name} ")), "").splitlines()[
+            1:-1
+        ]:
+            field_name, field_type = (part.strip() for part in line.split(":", 1))
+            fields.append(self.make("FieldTypeDef", {"name": field_name, "typeDef": self.type_def(field_type)}))
+        values: dict[str, Any] = {"name": name, "functions": functions, "fields": fields}
+        if name == self.spec.type_name and self.spec.constructor is not None:
+            values["constructor"] = self.function(self.spec.constructor, returns=f"{name}!")
+        return self.make("ObjectTypeDef", values)
 
-def enum_type_name(module_type: str, cls: type[enum.Enum]) -> str:
-    return f"{module_type}{cls.__name__}"
-
-
-def _type_def(info: Info, annotation: Any, module_type: str, optional: bool) -> TypeDefState:
-    def made(**kw: Any) -> TypeDefState:
-        return _new(info, TypeDefState(optional=optional, **kw))
-
-    if annotation in (None, "None", type(None)):
-        return made(kind="VOID_KIND")
-    if annotation in _KINDS:
-        return made(kind=_KINDS[annotation])
-    if annotation in ("str", "int", "float", "bool"):
-        return made(kind=_KINDS[{"str": str, "int": int, "float": float, "bool": bool}[annotation]])
-    if annotation in (list[str], "list[str]"):
-        return made(kind="LIST_KIND", element=_type_def(info, str, module_type, False))
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return made(
-            kind="ENUM_KIND",
-            name=enum_type_name(module_type, annotation),
-            members=tuple(m.name for m in annotation),
+    def function(self, fn: FunctionSpec, returns: str | None = None) -> Record:
+        args = [self.argument(name, arg) for name, arg in fn.args.items()]
+        return_type = (
+            self.type_def(returns or fn.returns) if (returns or fn.returns) != f"{self.spec.type_name}!" else None
         )
-    if annotation in OBJECTS:
-        return made(kind="OBJECT_KIND", name=annotation)
-    return made(kind="SCALAR_KIND", name="JSON")
-
-
-def _function(info: Info, spec: ModuleSpec, fn: FunctionSpec | None) -> FunctionState:
-    if fn is None:  # a module without a constructor of its own
-        return _new(info, FunctionState(name="", args=(), returns=_type_def(info, "JSON", spec.type_name, False)))
-    sig = signature(fn.call)
-    args = tuple(
-        _new(
-            info,
-            FunctionArgState(
-                name=name,
-                type_def=_type_def(info, sig.parameters[python].annotation, spec.type_name, not required),
-            ),
+        values: dict[str, Any] = {"name": "" if returns else fn.graphql_name, "args": args}
+        values["returnType"] = return_type or self.make(
+            "TypeDef", {"kind": "OBJECT_KIND", "name": self.spec.type_name, "optional": False}
         )
-        for name, (python, _type, required) in fn.args.items()
-    )
-    returns = _type_def(info, sig.return_annotation, spec.type_name, False)
-    return _new(info, FunctionState(name=fn.graphql_name, args=args, returns=returns))
+        return self.make("Function", values)
+
+    def argument(self, name: str, arg: Arg) -> Record:
+        default = None if arg.default is inspect.Parameter.empty else json.dumps(_plain(arg.default))
+        type_def = self.type_def(arg.type, object_type=arg.object_type)
+        return self.make("FunctionArg", {"name": name, "typeDef": type_def, "defaultValue": default or "null"})
 
 
-@resolves("Module", "objects")
-def _objects(m: ModuleState, info: Info) -> list[TypeDefState]:
-    spec = _core(info).modules[m.ref]
-    main = TypeDefState(
-        kind="OBJECT_KIND",
-        name=spec.type_name,
-        functions=tuple(_function(info, spec, fn) for fn in spec.functions.values()),
-        constructor=_function(info, spec, spec.constructor),
-    )
-    return [_new(info, main)]
+def _plain(value: Any) -> Any:
+    return value.name if hasattr(value, "name") and hasattr(value, "value") else value
 
 
-@resolves("TypeDef", "kind")
-def _kind(t: TypeDefState, _: Info) -> str:
-    return t.kind
+def module_objects(spec: ModuleSpec, make: Make) -> list[Record]:
+    """``Module.objects``: the module's main object, then its other object types."""
+    builder = Builder(spec, make)
+    names = [spec.type_name, *spec.object_fields]
+    return [builder.type_def(f"{name}!") for name in names]
 
 
-@resolves("TypeDef", "optional")
-def _optional(t: TypeDefState, _: Info) -> bool:
-    return t.optional
-
-
-@resolves("TypeDef", "name")
-def _typedef_name(t: TypeDefState, _: Info) -> str:
-    return t.name
-
-
-def _as(kind: str) -> Any:
-    def resolve(t: TypeDefState, _: Info) -> TypeDefState:
-        if t.kind != kind:
-            raise graphql.GraphQLError(f"type {t.name or t.kind} is not of kind {kind}")
-        return t
-
-    return resolve
-
-
-for _field, _kind_name in (
-    ("asObject", "OBJECT_KIND"),
-    ("asList", "LIST_KIND"),
-    ("asEnum", "ENUM_KIND"),
-    ("asScalar", "SCALAR_KIND"),
-    ("asInput", "INPUT_KIND"),
-    ("asInterface", "INTERFACE_KIND"),
-):
-    resolves("TypeDef", _field)(_as(_kind_name))
-
-
-@resolves("ObjectTypeDef", "name")
-@resolves("EnumTypeDef", "name")
-@resolves("ScalarTypeDef", "name")
-def _name(t: TypeDefState, _: Info) -> str:
-    return t.name
-
-
-@resolves("ObjectTypeDef", "functions")
-def _functions(t: TypeDefState, _: Info) -> list[FunctionState]:
-    return list(t.functions)
-
-
-@resolves("ObjectTypeDef", "constructor")
-def _constructor(t: TypeDefState, _: Info) -> FunctionState | None:
-    return t.constructor
-
-
-@resolves("ListTypeDef", "elementTypeDef")
-def _element(t: TypeDefState, _: Info) -> TypeDefState | None:
-    return t.element
-
-
-@resolves("EnumTypeDef", "members")
-def _members(t: TypeDefState, info: Info) -> list[EnumValueState]:
-    return [_new(info, EnumValueState(name=m)) for m in t.members]
-
-
-@resolves("EnumValueTypeDef", "name")
-@resolves("Function", "name")
-@resolves("FunctionArg", "name")
-def _plain_name(obj: Any, _: Info) -> str:
-    return str(obj.name)
-
-
-@resolves("Function", "args")
-def _args(f: FunctionState, _: Info) -> list[FunctionArgState]:
-    return list(f.args)
-
-
-@resolves("Function", "returnType")
-def _return_type(f: FunctionState, _: Info) -> TypeDefState:
-    return f.returns
-
-
-@resolves("FunctionArg", "typeDef")
-def _arg_type(a: FunctionArgState, _: Info) -> TypeDefState:
-    return a.type_def
-
-
-# --- values crossing into and out of a test's module function ---------------------------------
-
-
-def argument_value(info: Info, annotation: Any, value: Any) -> Any:
-    """What the test's function gets for an argument the client sent (objects come as IDs)."""
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return annotation[value]
-    if annotation == "Directory":
-        return dict(_load(info, value, DirectoryState).files)
-    if annotation == "File":
-        return _load(info, value, FileState).contents
-    if annotation == "Secret":
-        return _core(info).secret_value(_load(info, value, SecretState))
-    if annotation == "CacheVolume":
-        return _load(info, value, CacheVolumeState).key
-    if annotation in OBJECTS:
-        return _load(info, value, Node)
-    return value
-
-
-def return_value(info: Info, annotation: Any, value: Any) -> Any:
-    """The function's result as the engine answers it (objects become states)."""
-    if isinstance(value, enum.Enum):
-        return value.name
-    if annotation == "Directory":
-        return _new(info, DirectoryState(files=dict(value)))
-    if annotation == "File":
-        return _new(info, FileState(name="result", contents=str(value)))
-    return value
+def module_enums(spec: ModuleSpec, make: Make) -> list[Record]:
+    builder = Builder(spec, make)
+    return [builder.type_def(f"{name}!") for name in sorted(builder.enums)]
