@@ -334,7 +334,8 @@ class Bench:
         ) as (driver, worker, engine):
             observed = driver.observed
             beats_from = len(observed.worker_beats)
-            run = await driver.throughput("capacity", worker, commands(driver.spec.prefix, n, SLOW, tag="cap"))
+            with self.profiled("capacity", worker):
+                run = await driver.throughput("capacity", worker, commands(driver.spec.prefix, n, SLOW, tag="cap"))
             stats = engine.stats()
             worker_gaps = _gaps([t for t, _ in observed.worker_beats[beats_from:]])
             task_gaps = [gap for beats in observed.task_beats.values() for gap in _gaps(beats)]
