@@ -148,7 +148,7 @@ _REGISTRY_TROUBLE = re.compile(
     r"failed to resolve source metadata|failed to resolve image|pull access denied|manifest unknown"
     r"|insufficient_scope|requested access to the resource is denied|toomanyrequests|too many requests"
     r"|unexpected status from (?:head|get) request|failed to authorize|failed to fetch (?:anonymous |oauth )?token"
-    r"|failed to do request|failed to copy|unexpected status code|registry|image .*not found|not found: .*image",
+    r"|failed to do request|unexpected status code|image .*not found|not found: .*image",
     re.IGNORECASE,
 )
 
