@@ -199,16 +199,20 @@ class DaggerAdapter(AgentAdapter):
         in_process_retries: bool = True,
         on_progress: ProgressCallback | None = None,
         replay_id: str | None = None,
+        redelivered: bool = False,
     ) -> ExecutionResult:
         """Run one command. ``attempt`` is the number of this attempt (the worker counts
         redeliveries); with ``in_process_retries=False`` exactly one attempt is made. A
-        ``replay_id`` (an operator's replay), an attempt after the first, or ``cache: false``
-        make the engine run everything again instead of answering from its own cache."""
+        ``replay_id`` (an operator's replay), a redelivered message (its earlier run may have
+        finished in the engine without its outcome being recorded), an attempt after the first,
+        or ``cache: false`` make the engine run everything again instead of answering from its
+        own cache."""
         if not self._initialized:
             await self.initialize()
         self._load += 1
         try:
-            return await self._execute(command, attempt, in_process_retries, on_progress, replay_id)
+            rerun = replay_id is not None or redelivered
+            return await self._execute(command, attempt, in_process_retries, on_progress, rerun)
         finally:
             self._load -= 1
 
@@ -218,7 +222,7 @@ class DaggerAdapter(AgentAdapter):
         attempt: int,
         in_process_retries: bool,
         on_progress: ProgressCallback | None,
-        replay_id: str | None,
+        rerun: bool,
     ) -> ExecutionResult:
         clock = _Clock()
         try:
@@ -259,7 +263,7 @@ class DaggerAdapter(AgentAdapter):
             partial.clear()
             # Anything but a first, cached run must really run again: the engine's own cache
             # would otherwise answer a replay, a retry or `cache: false` with the earlier run.
-            fresh = replay_id is not None or number > 1 or not params.cache
+            fresh = rerun or number > 1 or not params.cache
             nonce = uuid.uuid4().hex if fresh else None
             async with self._slots:
                 try:
