@@ -22,13 +22,13 @@ import msgspec
 
 from consumer.breaker import EngineCircuitBreaker
 from consumer.cache import CacheManager, cache_key, directory_digest, file_digest
-from consumer.config import DaggerAdapterConfig
+from consumer.config import DaggerAdapterConfig, config_directories
 from consumer.engine import DaggerEngine, EngineSession, SessionKey
 from consumer.errors import ExecutionFailure, classify
 from consumer.execution import Plan, plan_for
 from consumer.execution.context import ProgressCallback, Redactor, RunContext, registry_logins
 from consumer.interface import AgentAdapter, AgentCapability, AgentStatus
-from consumer.paths import PathRules
+from consumer.paths import PathRules, worker_code_paths
 from consumer.retry import RetryHandler, RetryPolicy
 from consumer.version import package_version
 from schemas import (
@@ -74,6 +74,9 @@ class DaggerAdapter(AgentAdapter):
             volume_roots=cfg.allowed_volume_roots,
             workflow_directory=cfg.workflow_directory,
             protected=[cfg.cache_directory],
+            output_roots=cfg.allowed_output_roots,
+            write_protected=worker_code_paths(),
+            config_directories=config_directories(),
         )
         self._slots = asyncio.Semaphore(cfg.max_concurrent_executions)
         self._load = 0
@@ -94,6 +97,12 @@ class DaggerAdapter(AgentAdapter):
             await self._cache.start()
             if not self.config.allowed_modules:
                 log.info("allowed_modules is empty: module calls are refused")
+            if self.config.allowed_output_roots:
+                log.info("host writes (exports, writable volumes) allowed under %s", self._rules.output_roots)
+            else:
+                log.info(
+                    "allowed_output_roots is not set: commands cannot write to this host (no exports, no writable volumes)"
+                )
             if not self.config.allowed_volume_roots:
                 log.warning(
                     "allowed_volume_roots is not set: commands may mount host paths under the working directory %s",
@@ -341,7 +350,7 @@ class DaggerAdapter(AgentAdapter):
             # Redacted here: the retry handler logs the message before the result is built.
             raise ExecutionFailure(
                 failure.category,
-                run.redact(failure.message),
+                run.redact.clip(failure.message),
                 partial=dict(partial),
                 circuit_open=failure.circuit_open,
                 registry=failure.registry,
@@ -438,7 +447,7 @@ class DaggerAdapter(AgentAdapter):
         detail: Any = redact.scrub(failure.partial) if failure.partial else None
         if failure.circuit_open:
             detail = {**(detail or {}), "circuit": "open"}
-        message = redact(failure.message)
+        message = redact.clip(failure.message)
         log.warning(
             "task %s: failed (%s) after %d attempt(s): %s", command.task_id, failure.category.value, attempts, message
         )

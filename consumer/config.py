@@ -59,6 +59,8 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     allowed_volume_roots: list[str] = []
     # Dagger module refs a command may call: shell-style patterns over the whole ref; empty: none.
     allowed_modules: list[str] = []
+    # Host directories that exports and writable volumes may write to; empty: no host writes.
+    allowed_output_roots: list[str] = []
     # Delay tiers of the retry queues (seconds); a retry waits in the smallest tier that covers it.
     retry_delay_tiers: list[PositiveFloat] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0])
     # A message delivered this many times without an outcome (workers died on it) is dead-lettered.
@@ -146,7 +148,24 @@ def redact_url(url: str) -> str:
 
 
 _FIELDS = DaggerAdapterConfig.__struct_fields__
-_STRUCTURED = {"container_credentials", "allowed_volume_roots", "retry_delay_tiers", "allowed_modules"}
+_STRUCTURED = {
+    "container_credentials",
+    "allowed_volume_roots",
+    "allowed_output_roots",
+    "retry_delay_tiers",
+    "allowed_modules",
+}
+
+# Directories of the configuration files this process read: the worker never writes there
+# (a tenant's export must not rewrite the worker's own configuration).
+_CONFIG_DIRECTORIES: set[str] = set()
+
+
+def config_directories() -> list[str]:
+    """Where this process's configuration came from (files loaded, ``DAGGER_ADAPTER_CONFIG``)."""
+    named = os.environ.get(ENV_PREFIX + "CONFIG")
+    extra = {str(Path(named).resolve().parent)} if named else set()
+    return sorted(_CONFIG_DIRECTORIES | extra)
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -202,6 +221,7 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _CONFIG_DIRECTORIES.add(str(Path(path).resolve().parent))
         # Accept either a flat file or one with a [dagger_adapter] table.
         values.update(data.get("dagger_adapter", data))
     values.update(_env_values(env))
