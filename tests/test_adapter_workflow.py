@@ -151,8 +151,10 @@ async def test_read_only_volumes_are_not_exported(dagger_engine: TestEngine, tmp
                 volumes=[{"source": str(tmp_path / "data"), "target": "/data"}],
             )
         )
-    assert result.success and "exported" not in result.result
-    assert dagger_engine.exports == []
+    # Mounted readOnly: the write fails inside the container, as on a real engine.
+    assert not result.success and "Read-only file system" in (result.error or "")
+    assert "exported" not in result.result
+    assert dagger_engine.exports == [] and not (tmp_path / "data" / "x").exists()
 
 
 async def test_a_failing_step_fails_the_workflow_and_skips_what_depends_on_it(

@@ -88,6 +88,7 @@ class Fleet:
         self.valkey_port = free_port()
         self.valkey: object | None = None
         self.engine = TestEngine()
+        self.engine.declare_suite_images()
         self.spec = Topology(prefix="chaos", retry_delays_seconds=(0.2, 1.0, 5.0), delivery_limit=50)
         self.workers: list[WorkerProcess] = []
         self.retired: list[WorkerProcess] = []

@@ -39,6 +39,12 @@ class EngineCore:
         self._secret_by_name: dict[str, str] = {}
         self.base_schema: graphql.GraphQLSchema | None = None  # the core API, no modules
 
+    @property
+    def schema(self) -> graphql.GraphQLSchema | None:
+        """The core schema: what every session that serves no module executes against (one
+        object per process, shared by every engine)."""
+        return self.base_schema
+
     def add_secret(self, secret: SecretState, plaintext: str) -> SecretState:
         with self.lock:
             self._secret_values[secret.id] = plaintext
