@@ -208,19 +208,16 @@ class DaggerAdapter(AgentAdapter):
         in_process_retries: bool = True,
         on_progress: ProgressCallback | None = None,
         replay_id: str | None = None,
-        redelivered: bool = False,
     ) -> ExecutionResult:
         """Run one command. ``attempt`` is the number of this attempt (the worker counts
         redeliveries); with ``in_process_retries=False`` exactly one attempt is made. A
-        ``replay_id`` (an operator's replay), a redelivered message (its earlier run may have
-        finished in the engine without its outcome being recorded), an attempt after the first,
-        or ``cache: false`` make the engine run everything again instead of answering from its
-        own cache."""
+        ``replay_id`` (an operator's replay), an attempt after the first, or ``cache: false``
+        make the engine run everything again instead of answering from its own cache."""
         if not self._initialized:
             await self.initialize()
         self._load += 1
         try:
-            rerun = replay_id is not None or redelivered
+            rerun = replay_id is not None
             return await self._execute(command, attempt, in_process_retries, on_progress, rerun)
         finally:
             self._load -= 1

@@ -579,9 +579,6 @@ class Worker:
                 in_process_retries=False,
                 on_progress=on_progress,
                 replay_id=delivery.replay_id,
-                # Back again (redelivered, or through a retry tier: a retry, a postponement, a
-                # put-back): an earlier run may have finished in the engine, unrecorded.
-                redelivered=bool(delivery.message.redelivered) or "x-death" in (delivery.message.headers or {}),
             )
         )
         self._executions.add(execution)
