@@ -20,6 +20,10 @@ test *args:
 fuzz *args:
     HYPOTHESIS_PROFILE=fuzz {{bin}}python -m pytest tests/abuse/test_fuzz.py {{args}}
 
+# run the end-to-end tests marked real_engine against a real Dagger engine (dagger CLI or DAGGER_SESSION_PORT/TOKEN; see README)
+test-real-engine *args:
+    DAGGER_ADAPTER_REAL_ENGINE=1 {{bin}}python -m pytest -m real_engine {{args}}
+
 # ruff (lint + format check) and mypy (strict on schemas/ and topology/)
 lint:
     {{bin}}ruff check .

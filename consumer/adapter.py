@@ -9,9 +9,13 @@ Failures never raise: they come back as ``success=False`` with an ``error_catego
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -19,7 +23,7 @@ import msgspec
 from consumer.breaker import EngineCircuitBreaker
 from consumer.cache import CacheManager, cache_key, directory_digest, file_digest
 from consumer.config import DaggerAdapterConfig, config_directories
-from consumer.engine import DaggerEngine
+from consumer.engine import DaggerEngine, EngineSession, SessionKey
 from consumer.errors import ExecutionFailure, classify
 from consumer.execution import Plan, plan_for
 from consumer.execution.context import ProgressCallback, Redactor, RunContext, registry_logins
@@ -39,6 +43,10 @@ from schemas import (
 )
 
 log = logging.getLogger("dagger_adapter.adapter")
+
+# Resolving a command's image tags to digests (a registry round trip each) before the cache
+# lookup; past this the command runs uncached rather than wait on a slow registry or engine.
+RESOLVE_TIMEOUT_SECONDS = 60.0
 
 
 class DaggerAdapter(AgentAdapter):
@@ -87,6 +95,8 @@ class DaggerAdapter(AgentAdapter):
             if self._initialized:
                 return
             await self._cache.start()
+            if not self.config.allowed_modules:
+                log.info("allowed_modules is empty: module calls are refused")
             if self.config.allowed_output_roots:
                 log.info("host writes (exports, writable volumes) allowed under %s", self._rules.output_roots)
             else:
@@ -201,14 +211,18 @@ class DaggerAdapter(AgentAdapter):
         attempt: int = 1,
         in_process_retries: bool = True,
         on_progress: ProgressCallback | None = None,
+        replay_id: str | None = None,
     ) -> ExecutionResult:
         """Run one command. ``attempt`` is the number of this attempt (the worker counts
-        redeliveries); with ``in_process_retries=False`` exactly one attempt is made."""
+        redeliveries); with ``in_process_retries=False`` exactly one attempt is made. A
+        ``replay_id`` (an operator's replay), an attempt after the first, or ``cache: false``
+        make the engine run everything again instead of answering from its own cache."""
         if not self._initialized:
             await self.initialize()
         self._load += 1
         try:
-            return await self._execute(command, attempt, in_process_retries, on_progress)
+            rerun = replay_id is not None
+            return await self._execute(command, attempt, in_process_retries, on_progress, rerun)
         finally:
             self._load -= 1
 
@@ -218,6 +232,7 @@ class DaggerAdapter(AgentAdapter):
         attempt: int,
         in_process_retries: bool,
         on_progress: ProgressCallback | None,
+        rerun: bool,
     ) -> ExecutionResult:
         clock = _Clock()
         try:
@@ -229,11 +244,14 @@ class DaggerAdapter(AgentAdapter):
 
         redact = Redactor(_secret_values(params, self.config))
         try:
-            plan = await asyncio.to_thread(plan_for, params, self._rules)
+            plan = await asyncio.to_thread(
+                functools.partial(plan_for, params, self._rules, allowed_modules=self.config.allowed_modules)
+            )
         except Exception as exc:
             return self._failed(command, execution_type, classify(exc), attempt, clock, redact)
 
-        key = await self._cache_key(execution_type, params, plan)
+        run = _Run(command=command, params=params, plan=plan, redact=redact, session_key=_session_key(params, plan))
+        key = await self._cache_key(execution_type, run)
         if key is not None:
             hit = await self._cache.get(key)
             if hit is not None:
@@ -253,18 +271,25 @@ class DaggerAdapter(AgentAdapter):
 
         async def one_attempt(number: int) -> dict[str, Any]:
             partial.clear()
+            # Anything but a first, cached run must really run again: the engine's own cache
+            # would otherwise answer a replay, a retry or `cache: false` with the earlier run.
+            fresh = rerun or number > 1 or not params.cache
+            nonce = uuid.uuid4().hex if fresh else None
             async with self._slots:
                 try:
                     async with asyncio.timeout(timeout):
-                        return await self._breaker.call(
-                            self._run_attempt, command, params, plan, redact, partial, on_progress
-                        )
+                        return await self._breaker.call(self._run_attempt, run, partial, on_progress, nonce)
                 except TimeoutError:
-                    raise ExecutionFailure(
+                    failure = ExecutionFailure(
                         ErrorCategory.TIMEOUT,
                         f"the execution ran past its timeout of {timeout:g}s",
                         partial=dict(partial),
-                    ) from None
+                    )
+                except ExecutionFailure as timed_out:
+                    if timed_out.category is not ErrorCategory.TIMEOUT:
+                        raise
+                    failure = timed_out
+            raise await self._after_timeout(failure)
 
         try:
             value, attempts = await self._retry.run(
@@ -289,42 +314,72 @@ class DaggerAdapter(AgentAdapter):
             await self._cache.put(key, result)
         return result
 
+    def _context(
+        self, session: EngineSession, run: _Run, on_progress: ProgressCallback | None, nonce: str | None
+    ) -> RunContext:
+        return RunContext(
+            session=session,
+            rules=self._rules,
+            task_id=run.command.task_id,
+            registry=self.config.container_registry,
+            secrets=run.params.secrets,
+            logins=registry_logins(
+                self.config.container_registry, run.params.registry_auth, self.config.container_credentials
+            ),
+            redact=run.redact,
+            on_progress=on_progress,
+            run_nonce=nonce,
+            pinned_images=dict(run.pinned_images),
+        )
+
     async def _run_attempt(
-        self,
-        command: ExecutionCommand,
-        params: ExecutionParameters,
-        plan: Plan,
-        redact: Redactor,
-        partial: dict[str, Any],
-        on_progress: ProgressCallback | None,
+        self, run: _Run, partial: dict[str, Any], on_progress: ProgressCallback | None, nonce: str | None
     ) -> dict[str, Any]:
-        async with self._engine.session() as session:
-            ctx = RunContext(
-                session=session,
-                rules=self._rules,
-                task_id=command.task_id,
-                registry=self.config.container_registry,
-                secrets=params.secrets,
-                logins=registry_logins(
-                    self.config.container_registry, params.registry_auth, self.config.container_credentials
-                ),
-                redact=redact,
-                on_progress=on_progress,
-            )
-            try:
-                await plan.run(ctx, partial)
-            except Exception as exc:
-                failure = classify(exc)
-                if failure.category is ErrorCategory.TRANSIENT:
-                    session.discard()  # a broken connection is not reused
-                # Redacted here: the retry handler logs the message before the result is built.
-                raise ExecutionFailure(
-                    failure.category,
-                    redact.clip(failure.message),
-                    partial=dict(partial),
-                    circuit_open=failure.circuit_open,
-                ) from exc
-            return dict(partial)
+        try:
+            async with self._engine.session(run.session_key) as session:
+                ctx = self._context(session, run, on_progress, nonce)
+                try:
+                    await run.plan.run(ctx, partial)
+                except Exception as exc:
+                    failure = classify(exc)
+                    if failure.category is ErrorCategory.TRANSIENT and not failure.registry:
+                        session.discard()  # a broken connection is not reused
+                    raise
+                return dict(partial)
+        except Exception as exc:
+            failure = classify(exc)
+            # Redacted here: the retry handler logs the message before the result is built.
+            raise ExecutionFailure(
+                failure.category,
+                run.redact.clip(failure.message),
+                partial=dict(partial),
+                circuit_open=failure.circuit_open,
+                registry=failure.registry,
+            ) from exc
+
+    async def _after_timeout(self, failure: ExecutionFailure) -> ExecutionFailure:
+        """A timeout is a slow step -- or a hung engine. Which one: a probe must answer within
+        the connect timeout; if it does not, the engine counts as failed for the breaker."""
+        if await self._engine_answers():
+            return failure
+        await self._breaker.record_engine_failure("the engine did not answer a probe after a timeout")
+        return ExecutionFailure(
+            failure.category,
+            f"{failure.message} (the engine did not answer a probe either: it counts as an engine failure)",
+            partial=failure.partial,
+        )
+
+    async def _engine_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(self.config.engine_connect_timeout_seconds), self._engine.session() as session:
+                try:
+                    await session.client.version()
+                except BaseException:
+                    session.discard()
+                    raise
+            return True
+        except Exception:
+            return False
 
     def _timeout_for(self, command: ExecutionCommand) -> float:
         # The worker's timeout_seconds is also the SDK's execute timeout on the shared
@@ -332,11 +387,33 @@ class DaggerAdapter(AgentAdapter):
         limit = self.config.timeout_seconds
         return min(command.timeout_seconds, limit) if command.timeout_seconds else limit
 
-    async def _cache_key(self, execution_type: ExecutionType, params: ExecutionParameters, plan: Plan) -> str | None:
+    async def _cache_key(self, execution_type: ExecutionType, run: _Run) -> str | None:
         # A run that writes to the host (writable volumes, exports) is not cached: a stored
         # result cannot redo the write (say, of an output the user deleted to get it again).
-        if not (params.cache and self._cache.in_use) or plan.writes_host:
+        # Nor is a call of a module whose ref may move (a branch or a tag, not a commit).
+        params, plan = run.params, run.plan
+        if not (params.cache and self._cache.in_use) or plan.writes_host or not plan.cacheable:
             return None
+        if self._breaker.state == "open":  # the run fails fast anyway; do not touch the engine
+            return None
+        # What only the engine knows: the digest each image tag points at *now* (a moved tag
+        # is a new key), and the host paths a module call's arguments name.
+        try:
+            async with (
+                asyncio.timeout(min(self._timeout_for(run.command), RESOLVE_TIMEOUT_SECONDS)),
+                self._engine.session(run.session_key) as session,
+            ):
+                ctx = self._context(session, run, None, None)
+                resolved = await plan.resolve(ctx)
+                run.pinned_images = dict(ctx.pinned_images)
+        except Exception as exc:  # the run will meet the same problem and say what it is
+            log.warning(
+                "task %s: could not resolve images for the cache key (%s); running uncached",
+                run.command.task_id,
+                run.redact(classify(exc).message),
+            )
+            return None
+        inputs = [*plan.host_inputs, *resolved.get("module_inputs", [])]
 
         def compute() -> str:
             return cache_key(
@@ -344,15 +421,16 @@ class DaggerAdapter(AgentAdapter):
                 params,
                 container_registry=self.config.container_registry,
                 workflow_source=plan.workflow_source,
-                input_digests={str(p): directory_digest(p) if p.is_dir() else file_digest(p) for p in plan.host_inputs},
+                input_digests={str(p): directory_digest(p) if p.is_dir() else file_digest(p) for p in inputs},
                 secrets=params.secrets,
                 credentials=(params.registry_auth, self.config.container_credentials),
+                images=resolved.get("images", {}),
             )
 
         try:
             # Hashing host inputs reads files: off the event loop. Without any, the key is a few
             # microseconds of hashing, less than the hop to a thread.
-            return await asyncio.to_thread(compute) if plan.host_inputs else compute()
+            return await asyncio.to_thread(compute) if inputs else compute()
         except OSError as exc:  # an input vanished meanwhile: run uncached, the run will say why
             log.warning("could not compute the cache key (%s); running uncached", type(exc).__name__)
             return None
@@ -385,6 +463,30 @@ class DaggerAdapter(AgentAdapter):
             execution_type=execution_type,
             **clock.stamps(),
         )
+
+
+@dataclass(kw_only=True)
+class _Run:
+    """One execution's fixed parts, shared by its attempts."""
+
+    command: ExecutionCommand
+    params: ExecutionParameters
+    plan: Plan
+    redact: Redactor
+    session_key: SessionKey
+    pinned_images: dict[str, str] = field(default_factory=dict)
+
+
+def _session_key(params: ExecutionParameters, plan: Plan) -> SessionKey:
+    """Tasks share an engine session only with tasks holding the same registry credentials
+    (a real engine keeps them per session); a module call gets its module's own session."""
+    credentials = ""
+    if params.registry_auth is not None:
+        cred = params.registry_auth
+        material = "\0".join((cred.address or "", cred.username or "", cred.secret))
+        credentials = hashlib.sha256(material.encode()).hexdigest()
+    module = getattr(plan, "module_ref", None) or ""
+    return SessionKey(credentials=credentials, module=module)
 
 
 class _Clock:

@@ -1,8 +1,11 @@
 """A circuit breaker around the Dagger engine (a small one of our own, on the monotonic clock).
 
 Only failures that say the *engine* is in trouble count (category ``transient``: unreachable,
-transport errors). A step exiting non-zero, bad parameters or a timeout of a slow step say
-nothing about the engine: they count like successes (the engine answered) and end a streak.
+transport errors), and a hung engine (an execution timed out and the engine did not answer a
+probe either: ``record_engine_failure``). A step exiting non-zero, bad parameters, a timeout of a
+slow step and registry or image errors (pull denied, not found, rate limited, a registry's 5xx:
+the tenant's problem, retried but never the engine's fault) say nothing about the engine: they
+count like successes (the engine answered) and end a streak.
 
 States: ``closed`` (calls pass) -> ``open`` after ``failure_threshold`` consecutive engine
 failures (calls fail fast as transient, the engine is not touched) -> once ``reset_seconds`` have
@@ -15,6 +18,7 @@ close the circuit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +35,11 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 StateCallback = Callable[[str], None]
 Clock = Callable[[], float]
+
+
+def _engine_failure(failure: ExecutionFailure) -> bool:
+    """Whether a failure says the engine is in trouble (registry errors are the tenant's)."""
+    return failure.category is ErrorCategory.TRANSIENT and not failure.registry
 
 
 class EngineCircuitBreaker:
@@ -80,7 +89,7 @@ class EngineCircuitBreaker:
                 self._release(probe)
                 raise
             failure = classify(exc)
-            if failure.category is not ErrorCategory.TRANSIENT:
+            if not _engine_failure(failure):
                 self._on_answer(probe)
             elif self._on_engine_failure(probe):
                 raise ExecutionFailure(
@@ -91,6 +100,15 @@ class EngineCircuitBreaker:
             raise failure from exc
         self._on_answer(probe)
         return result
+
+    async def record_engine_failure(self, message: str) -> None:
+        """Count an engine failure seen outside ``call`` (a hung engine found by a probe)."""
+
+        async def failed() -> None:
+            raise ExecutionFailure(ErrorCategory.TRANSIENT, message)
+
+        with contextlib.suppress(ExecutionFailure):
+            await self.call(failed)
 
     # --- decisions ---------------------------------------------------------------------------
 

@@ -7,6 +7,9 @@ The key is a sha256 over everything that decides what an execution produces:
 - the registry that unqualified images come from;
 - the *content* of the workflow file (editing ``build.yml`` invalidates its entries) and of
   every host directory the execution reads (a changed input file invalidates too);
+- the digest each image tag resolves to when the command runs (a tag that moved to another
+  image is another key), and only pinned module refs (a git commit, or a local directory whose
+  content is in the key); a call of a module at a branch or tag is not cached;
 - secrets and registry credentials as a digest of their values. Two commands that differ
   only in a secret value get different keys: a result computed with one tenant's token is
   never served to a command carrying another token, and rotating a secret re-runs. The
@@ -40,7 +43,7 @@ from schemas import ExecutionResult, ExecutionType, RegistryCredentials, decode,
 log = logging.getLogger("dagger_adapter.cache")
 
 KEY_PREFIX = "dagger-adapter:result:"
-KEY_VERSION = 1  # bump when the key material changes shape: old entries stop matching
+KEY_VERSION = 2  # bump when the key material changes shape: old entries stop matching
 # After a Valkey failure, executions skip the cache for this long instead of each waiting on
 # a connect timeout (a black-holed Valkey would otherwise slow every task down).
 OUTAGE_BACKOFF_SECONDS = 15.0
@@ -56,6 +59,7 @@ def cache_key(
     input_digests: Mapping[str, str] | None = None,
     secrets: Mapping[str, str] | None = None,
     credentials: Iterable[RegistryCredentials | None] = (),
+    images: Mapping[str, str] | None = None,
 ) -> str:
     """The cache key of one execution (see the module docstring for what it covers)."""
     params = msgspec.to_builtins(parameters)
@@ -69,6 +73,7 @@ def cache_key(
         "workflow_source": hashlib.sha256(workflow_source).hexdigest() if workflow_source is not None else None,
         "inputs": dict(input_digests or {}),
         "secret_material": _secret_digest(secrets or {}, credentials),
+        "images": dict(images or {}),
     }
     digest = hashlib.sha256(msgspec.json.encode(material, order="sorted")).hexdigest()
     return KEY_PREFIX + digest

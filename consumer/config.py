@@ -58,6 +58,8 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     topology_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "dagger"
     # Host directories that volumes may mount; empty: the working directory (never cache_directory).
     allowed_volume_roots: list[str] = []
+    # Dagger module refs a command may call: shell-style patterns over the whole ref; empty: none.
+    allowed_modules: list[str] = []
     # Host directories that exports and writable volumes may write to; empty: no host writes.
     allowed_output_roots: list[str] = []
     # Delay tiers of the retry queues (seconds); a retry waits in the smallest tier that covers it.
@@ -169,7 +171,13 @@ def redact_url(url: str) -> str:
 
 
 _FIELDS = DaggerAdapterConfig.__struct_fields__
-_STRUCTURED = {"container_credentials", "allowed_volume_roots", "allowed_output_roots", "retry_delay_tiers"}
+_STRUCTURED = {
+    "container_credentials",
+    "allowed_volume_roots",
+    "allowed_output_roots",
+    "retry_delay_tiers",
+    "allowed_modules",
+}
 
 # Directories of the configuration files this process read: the worker never writes there
 # (a tenant's export must not rewrite the worker's own configuration).

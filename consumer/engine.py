@@ -1,4 +1,4 @@
-"""The process's one connection to the Dagger engine, shared by concurrent executions.
+"""The process's sessions with the Dagger engine, shared by concurrent executions.
 
 Why ``dagger.Connection`` (the SDK's isolated client) and not ``dagger.connection()`` + the
 global ``dag``: the global one is a process-wide singleton that keeps its connection
@@ -7,6 +7,11 @@ one mutable global. A long-lived service needs to *replace* a broken connection 
 executions still hold the old one; with an isolated client each generation is an object we
 own: executions borrow the current one, a failure marks it stale, the next borrower opens a
 fresh one, and the stale one is closed when its last borrower returns it.
+
+A real engine keeps registry credentials and served modules per *session*, so there is not
+one connection but a small pool, one per ``SessionKey`` (see there); through the dagger CLI
+each connection is a session of its own. Handed one existing session (``DAGGER_SESSION_PORT``)
+the pool cannot isolate anything, and says so instead of mixing credentials.
 
 SDK configuration: ``retry=None`` -- our ``RetryHandler`` is the only retry layer (the SDK's
 own gql retry would stall 15-20 s per failure and hide attempts from our policy and the
@@ -20,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
+import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +35,6 @@ import dagger
 import dagger.client._session as sdk_session
 import gql
 import httpx
-import msgspec
 from dagger._exceptions import _query_error_from_transport
 from gql.transport.exceptions import (
     TransportClosed,
@@ -38,6 +43,8 @@ from gql.transport.exceptions import (
     TransportQueryError,
     TransportServerError,
 )
+
+from consumer.errors import permanent
 
 log = logging.getLogger("dagger_adapter.engine")
 
@@ -79,33 +86,77 @@ class ExecOutput:
     container: dagger.Container  # the container after the exec, by its ID (as ``sync`` returns it)
 
 
-class _Generation:
-    """One opened connection and the executions currently using it."""
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """Which engine session an execution needs.
 
-    def __init__(self, connection: dagger.Connection, client: dagger.Client) -> None:
+    A real engine keeps registry credentials (``withRegistryAuth``) per *session*, and lets a
+    session load one version of a module only. So executions are grouped: tasks with the same
+    registry credentials share a session (``credentials``: a digest of the set; ``""``: none,
+    a session that never saw any), and each module ref gets a session of its own."""
+
+    credentials: str = ""
+    module: str = ""
+
+
+MAIN = SessionKey()
+# The pool's bound and how long an unused session stays open. Each session is one
+# ``dagger session`` process of the CLI (a few tens of MB) and its own engine-side state;
+# reopening one costs a connect (~1 s). See README "Engine sessions".
+MAX_SESSIONS = 8
+IDLE_SECONDS = 300.0
+
+
+def given_session() -> bool:
+    """True when the SDK is handed one existing session (``DAGGER_SESSION_PORT``): every
+    connection then lands in that same session and the pool cannot isolate anything."""
+    return bool(os.environ.get("DAGGER_SESSION_PORT"))
+
+
+class _Generation:
+    """One opened session and the executions currently using it."""
+
+    def __init__(self, key: SessionKey, connection: dagger.Connection, client: dagger.Client) -> None:
+        self.key = key
         self.connection = connection
         self.client = client
         self.users = 0
         self.stale = False
-        self.modules: dict[str, str] = {}  # module ref -> its GraphQL field, once served
+        self.last_used = time.monotonic()
+        self.modules: dict[str, Any] = {}  # module ref -> its binding (typedefs), once served
         self.modules_lock = asyncio.Lock()
 
 
 class DaggerEngine:
-    def __init__(self, *, connect_timeout: float, execute_timeout: float, max_connections: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        execute_timeout: float,
+        max_sessions: int = MAX_SESSIONS,
+        idle_seconds: float = IDLE_SECONDS,
+        max_connections: int = 100,
+    ) -> None:
         self._connect_timeout = connect_timeout
         self._execute_timeout = execute_timeout
         # The SDK's HTTP pool (httpx's default: 100 connections, 20 kept alive) queues every
         # request past its size, and with many executions the queue's bookkeeping eats the
         # worker's CPU; sized to the executions in flight, nothing waits for a connection.
         self.max_connections = max_connections
-        self._current: _Generation | None = None
-        self._lock = asyncio.Lock()
+        self._max_sessions = max(1, max_sessions)
+        self._idle_seconds = idle_seconds
+        self._sessions: dict[SessionKey, _Generation] = {}
+        self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
-        return self._current is not None and not self._current.stale
+        return any(not g.stale for g in self._sessions.values())
+
+    @property
+    def session_count(self) -> int:
+        """Sessions open now (the pool's size)."""
+        return sum(1 for g in self._sessions.values() if not g.stale)
 
     def _config(self) -> dagger.Config:
         return dagger.Config(
@@ -114,11 +165,28 @@ class DaggerEngine:
             log_output=None,
         )
 
-    async def _open(self) -> _Generation:
-        async with self._lock:
-            current = self._current
-            if current is not None and not current.stale:
-                return current
+    def _resolve_key(self, key: SessionKey) -> SessionKey:
+        if not given_session():
+            return key
+        if key.credentials:
+            raise permanent(
+                "registry_auth needs an engine session of its own (a real engine keeps registry "
+                "credentials per session), and this worker is bound to one given session "
+                "(DAGGER_SESSION_PORT); run the worker with the dagger CLI instead"
+            )
+        return MAIN  # modules: one version per ref is checked when it is served
+
+    async def _open(self, key: SessionKey) -> _Generation:
+        async with self._changed:
+            while True:
+                self._close_idle()
+                current = self._sessions.get(key)
+                if current is not None and not current.stale:
+                    current.users += 1
+                    return current
+                if len(self._sessions) < self._max_sessions or self._evict_one():
+                    break
+                await self._changed.wait()  # every session busy: wait for one to be returned
             connection = dagger.Connection(self._config())
             try:
                 with _http_pool(self.max_connections):
@@ -127,36 +195,58 @@ class DaggerEngine:
                 with contextlib.suppress(Exception):
                     await connection.close()  # type: ignore[no-untyped-call]
                 raise
-            self._current = _Generation(connection, client)
-            log.info("connected to the Dagger engine")
-            return self._current
+            generation = _Generation(key, connection, client)
+            generation.users += 1
+            self._sessions[key] = generation
+            log.info("opened an engine session (%d open)", len(self._sessions))
+            return generation
+
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        for key, generation in list(self._sessions.items()):
+            idle = generation.users == 0 and now - generation.last_used > self._idle_seconds
+            if generation.stale or (idle and key != MAIN):
+                self._forget(generation)
+
+    def _evict_one(self) -> bool:
+        idle = [g for g in self._sessions.values() if g.users == 0]
+        if not idle:
+            return False
+        self._forget(min(idle, key=lambda g: g.last_used))
+        return True
+
+    def _forget(self, generation: _Generation) -> None:
+        generation.stale = True
+        if self._sessions.get(generation.key) is generation:
+            del self._sessions[generation.key]
+        if generation.users == 0:
+            self._close_later(generation)
 
     async def connect(self) -> None:
-        """Open the connection now (otherwise the first execution opens it)."""
-        await self._open()
+        """Open the main session now (otherwise the first execution opens it)."""
+        async with self.session():
+            pass
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[EngineSession]:
-        """Borrow the current connection for one execution attempt."""
-        generation = await self._open()
-        generation.users += 1
+    async def session(self, key: SessionKey = MAIN) -> AsyncIterator[EngineSession]:
+        """Borrow the session for ``key`` (opened on first use) for one execution attempt."""
+        generation = await self._open(self._resolve_key(key))
         try:
             yield EngineSession(self, generation)
         finally:
             generation.users -= 1
+            generation.last_used = time.monotonic()
             if generation.stale and generation.users == 0:
                 self._close_later(generation)
+            async with self._changed:
+                self._changed.notify_all()
 
     def discard(self, generation: _Generation) -> None:
-        """After an engine failure: the next execution opens a fresh connection."""
+        """After an engine failure: the next execution opens a fresh session."""
         if generation.stale:
             return
-        generation.stale = True
-        if self._current is generation:
-            self._current = None
-        log.info("dropping the engine connection after an engine failure; the next execution reconnects")
-        if generation.users == 0:
-            self._close_later(generation)
+        log.info("dropping an engine session after an engine failure; the next execution reconnects")
+        self._forget(generation)
 
     def _close_later(self, generation: _Generation) -> None:
         task = asyncio.get_running_loop().create_task(_close(generation))
@@ -164,10 +254,10 @@ class DaggerEngine:
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        generation, self._current = self._current, None
-        if generation is not None:
+        generations, self._sessions = list(self._sessions.values()), {}
+        for generation in generations:
             generation.stale = True
-            await _close(generation)
+        await asyncio.gather(*(_close(g) for g in generations), return_exceptions=True)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -179,6 +269,15 @@ class EngineSession:
         self._engine = engine
         self._generation = generation
         self.client: dagger.Client = generation.client
+
+    @property
+    def modules(self) -> dict[str, Any]:
+        """Modules served in this session (ref -> binding); guarded by ``modules_lock``."""
+        return self._generation.modules
+
+    @property
+    def modules_lock(self) -> asyncio.Lock:
+        return self._generation.modules_lock
 
     def discard(self) -> None:
         self._engine.discard(self._generation)
@@ -192,6 +291,13 @@ class EngineSession:
         # Later reads (directories, files) refer to the exec by its ID, as after ``sync``.
         synced = dagger.Container(self.client._ctx.select_id("Container", container_id))
         return ExecOutput(exit_code=node["exitCode"], stdout=node["stdout"], stderr=node["stderr"], container=synced)
+
+    async def execute(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """A query whose text the caller built from the engine's own type definitions, with
+        every value in ``variables``. The SDK builds no query for fields it did not introspect
+        (a served module's functions appear after ``serve()``), so it goes through the
+        connection's own session."""
+        return await self._execute(query, variables)
 
     async def _execute(self, query: Any, variables: dict[str, Any]) -> dict[str, Any]:
         """A fixed query through this connection, its failures raised as the SDK raises them
@@ -213,32 +319,6 @@ class EngineSession:
                 raise error from exc
             raise
         return result
-
-    async def call_function(self, module_ref: str, function: str, args: dict[str, Any]) -> Any:
-        """Call ``function`` of the Dagger module ``module_ref`` with JSON-like ``args``.
-
-        The SDK has no public helper for a call given as data: the module is loaded and
-        served into this session once (``serve()`` is once per session), then the function is
-        queried as ``{ <module> { <function>(args) } }`` through the connection's own session.
-        """
-        field = await self._served_field(module_ref)
-        arguments = ", ".join(f"{_camel(k)}: {_graphql_literal(v)}" for k, v in args.items())
-        call = f"{_camel(function)}({arguments})" if arguments else _camel(function)
-        query = gql.gql(f"{{ {field} {{ {call} }} }}")
-        # The isolated client's connection: the SDK builds no query for fields it did not
-        # introspect (module functions appear after serve()), so the raw request goes here.
-        result = await self.client._ctx.conn.session.execute(query)
-        return result[field][_camel(function)]
-
-    async def _served_field(self, module_ref: str) -> str:
-        generation = self._generation
-        async with generation.modules_lock:
-            if module_ref not in generation.modules:
-                module = self.client.module_source(module_ref).as_module()
-                name = await module.name()
-                await module.serve()
-                generation.modules[module_ref] = _camel(name)
-            return generation.modules[module_ref]
 
 
 # Connections per httpcore pool. httpcore looks at every connection of its pool on each request
@@ -319,22 +399,3 @@ async def _close(generation: _Generation) -> None:
         await generation.connection.close()  # type: ignore[no-untyped-call]
     except Exception as exc:  # closing a broken connection may fail too; nothing to do about it
         log.debug("closing a stale engine connection: %s", type(exc).__name__)
-
-
-def _camel(name: str) -> str:
-    """A module, function or argument name as GraphQL spells it (snake/kebab -> lowerCamel)."""
-    parts = [p for p in re.split(r"[-_]", name) if p]
-    if not parts:
-        return name
-    return parts[0][:1].lower() + parts[0][1:] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
-
-
-def _graphql_literal(value: Any) -> str:
-    """A JSON-like value as a GraphQL literal (JSON's string escapes are valid GraphQL)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return msgspec.json.encode(value).decode()
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_graphql_literal(v) for v in value) + "]"
-    raise TypeError(
-        f"unsupported function argument type {type(value).__name__} (use strings, numbers, booleans, lists)"
-    )

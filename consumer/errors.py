@@ -38,12 +38,16 @@ class ExecutionFailure(Exception):
         *,
         partial: Any = None,
         circuit_open: bool = False,
+        registry: bool = False,
     ) -> None:
         super().__init__(message)
         self.category = category
         self.message = message
         self.partial = partial
         self.circuit_open = circuit_open
+        # A registry or image problem (pull denied, not found, rate limited, registry 5xx):
+        # the tenant's, never the engine's -- it may be retried but never trips the breaker.
+        self.registry = registry
         self.attempts = 1  # set by the retry handler to the number of the last attempt
 
     def __repr__(self) -> str:
@@ -94,8 +98,15 @@ def classify(exc: BaseException) -> ExecutionFailure:
     # An error the engine answered with (module calls are raw queries: TransportQueryError).
     if isinstance(exc, dagger.QueryError | TransportQueryError):
         text = _query_error_text(exc) if isinstance(exc, TransportQueryError) else str(exc)
-        if _network_trouble(text):  # the engine could not reach a registry (or the network)
-            return ExecutionFailure(ErrorCategory.TRANSIENT, f"the engine hit a network or registry error: {text}")
+        registry = _registry_trouble(text)
+        if _network_trouble(text):
+            # The engine answered: what it could not reach (a registry, a git host) is outside
+            # it, and a tenant can name an unreachable host at will -- not an engine failure.
+            return ExecutionFailure(
+                ErrorCategory.TRANSIENT, f"the engine hit a network or registry error: {text}", registry=True
+            )
+        if registry:
+            return permanent(f"the registry refused the image: {text}", registry=True)
         return permanent(f"the engine rejected the request: {text}")
     if isinstance(exc, dagger.InvalidQueryError):
         return permanent(f"the request could not be built for this engine: {exc}")
@@ -129,18 +140,34 @@ def classify(exc: BaseException) -> ExecutionFailure:
 
 
 # How the engine (Go: net, net/http, containerd resolvers) words a registry or network failure
-# that may pass: an image pull or a module fetch hitting them is worth retrying. Errors that
-# will not pass ("pull access denied", "not found", "unauthorized") stay permanent.
+# that may pass: an image pull or a module fetch hitting them is worth retrying (a registry's
+# 5xx and 429 included). Errors that will not pass ("pull access denied", "not found",
+# "unauthorized") stay permanent.
 _NETWORK_TROUBLE = re.compile(
     r"dial tcp|i/o timeout|connection refused|connection reset|no such host|server misbehaving"
     r"|temporary failure in name resolution|network is unreachable|tls handshake timeout|unexpected eof"
-    r"|toomanyrequests|too many requests|\b(?:429|502|503|504)\b|bad gateway|service unavailable|gateway timeout",
+    r"|toomanyrequests|too many requests|\b(?:429|5\d\d)\b|bad gateway|service unavailable|gateway timeout"
+    r"|internal server error",
+    re.IGNORECASE,
+)
+
+# How buildkit/containerd word a failure to resolve or pull an image: the image reference, the
+# registry or the credentials are wrong or the registry is struggling -- the tenant's problem.
+_REGISTRY_TROUBLE = re.compile(
+    r"failed to resolve source metadata|failed to resolve image|pull access denied|manifest unknown"
+    r"|insufficient_scope|requested access to the resource is denied|toomanyrequests|too many requests"
+    r"|unexpected status from (?:head|get) request|failed to authorize|failed to fetch (?:anonymous |oauth )?token"
+    r"|failed to do request|unexpected status code|image .*not found|not found: .*image",
     re.IGNORECASE,
 )
 
 
 def _network_trouble(message: str) -> bool:
     return _NETWORK_TROUBLE.search(message) is not None
+
+
+def _registry_trouble(message: str) -> bool:
+    return _REGISTRY_TROUBLE.search(message) is not None
 
 
 def _exec_error_message(exc: dagger.ExecError) -> str:

@@ -655,7 +655,13 @@ class Worker:
             _log_progress(step, state, detail)
 
         execution = asyncio.create_task(
-            self.adapter.execute(command, attempt=delivery.attempt, in_process_retries=False, on_progress=on_progress)
+            self.adapter.execute(
+                command,
+                attempt=delivery.attempt,
+                in_process_retries=False,
+                on_progress=on_progress,
+                replay_id=delivery.replay_id,
+            )
         )
         self._executions.add(execution)
         beats = asyncio.create_task(self._task_heartbeats(command, delivery.attempt))

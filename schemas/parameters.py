@@ -104,12 +104,15 @@ class PipelineParameters(CommonParameters, kw_only=True, forbid_unknown_fields=T
     module: NonEmptyStr | None = None
     function: NonEmptyStr | None = None
     args: dict[str, Any] = {}
+    constructor_args: dict[str, Any] = {}  # arguments of the module's constructor
 
     def __post_init__(self) -> None:
         if (self.pipeline is None) == (self.module is None):
             raise ValueError("give exactly one of `pipeline` or `module` + `function`")
         if self.module is not None and self.function is None:
             raise ValueError("`module` needs a `function` to call")
+        if self.module is None and (self.function is not None or self.args or self.constructor_args):
+            raise ValueError("`function`, `args` and `constructor_args` need a `module`")
         if self.module is not None and (self.environment or self.volumes):
             # Nothing is silently dropped: a module function gets its inputs as `args` only.
             given = " and ".join(n for n in ("environment", "volumes") if getattr(self, n))

@@ -21,7 +21,7 @@ import pytest
 
 from topology import Topology, delete
 
-pytest_plugins = ["tests.dagger_engine.fixtures", "tests.support.fixtures"]
+pytest_plugins = ["tests.dagger_engine.fixtures", "tests.support.fixtures", "tests.support.engines"]
 
 
 def _reachable(host: str, port: int) -> bool:

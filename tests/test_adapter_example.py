@@ -13,6 +13,7 @@ import pytest
 from consumer import DaggerAdapter, DaggerAdapterConfig
 from schemas import AgentExecutionConfig, AgentExecutionResult, ExecutionType
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
+from tests.support.engines import EngineUnderTest
 
 REPO = Path(__file__).resolve().parent.parent
 CSV = "name,amount\nwidget,1.5\ngadget,2.25\n"
@@ -64,11 +65,7 @@ def is_step(name: str):  # type: ignore[no-untyped-def]
 
 async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEngine, example_dir: Path) -> None:
     # The engine stands in for python: `process` writes the JSON, `summarize` prints it.
-    dagger_engine.on_exec(
-        is_step("csv.DictReader"),
-        ExecOutcome(stdout="wrote /work/results.json: 2 rows\n", files={"/work/results.json": json.dumps(RESULTS)}),
-    )
-    dagger_engine.on_exec(is_step("json.load"), ExecOutcome(stdout=f"{RESULTS}\n"))
+    emulate_the_example_steps(dagger_engine)
 
     # Exactly as written: no allowed_volume_roots, so ./data is allowed as part of the working directory.
     result, _, capabilities, status = await run_example()
@@ -89,7 +86,9 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
         "summarize": next(r for r in dagger_engine.execs if is_step("json.load")(r)),
     }
     for record in by_name.values():
-        assert record.image == "python:3.12-slim"  # container_image overrides the workflow's image
+        # container_image overrides the workflow's image; it ran pinned to the digest the tag
+        # resolved to when the result-cache key was made
+        assert record.image.startswith("docker.io/library/python:3.12-slim@sha256:")
         assert record.workdir == "/data"
         assert record.env["DEBUG"] == "true" and record.env["PYTHONUNBUFFERED"] == "1"
     assert by_name["validate"].mounts == {"/data": ("host", data), "/work": ("directory", "")}
@@ -122,9 +121,21 @@ async def test_with_allowed_roots_configured_the_example_volume_must_lie_inside_
     assert dagger_engine.execs == []
 
 
+def emulate_the_example_steps(engine: TestEngine) -> None:
+    """What python does in the example's steps, for an engine that emulates its commands."""
+    engine.on_exec(
+        is_step("csv.DictReader"),
+        ExecOutcome(stdout="wrote /work/results.json: 2 rows\n", files={"/work/results.json": json.dumps(RESULTS)}),
+    )
+    engine.on_exec(is_step("json.load"), ExecOutcome(stdout=f"{RESULTS}\n"))
+
+
 @pytest.mark.real_engine
-@pytest.mark.skipif(os.environ.get("DAGGER_ADAPTER_REAL_ENGINE") != "1", reason="needs a real Dagger engine")
-async def test_the_usage_example_on_a_real_engine(example_dir: Path) -> None:
+async def test_the_usage_example_gives_the_example_results(
+    engine_under_test: EngineUnderTest, example_dir: Path
+) -> None:
+    if engine_under_test.test_engine is not None:
+        emulate_the_example_steps(engine_under_test.test_engine)
     result, *_ = await run_example(caching_enabled=False)
     assert result.success, result.error
     assert json.loads(result.result["outputs"]["summarize"]["results"]) == RESULTS

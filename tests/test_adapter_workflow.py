@@ -269,6 +269,7 @@ async def test_volume_paths_outside_the_allowed_roots_are_refused(
     assert dagger_engine.execs == []
 
 
+@pytest.mark.usefixtures("engine_under_test")  # sessions like the CLI's: task credentials need their own
 async def test_secrets_and_registry_credentials_never_reach_results_or_logs(
     dagger_engine: TestEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,10 +7,13 @@ import asyncio
 import time
 from pathlib import Path
 
+import dagger
+import gql
 import pytest
+from dagger._exceptions import QueryErrorValue
 
 from consumer.breaker import EngineCircuitBreaker
-from consumer.errors import ExecutionFailure
+from consumer.errors import ExecutionFailure, classify
 from schemas import ErrorCategory
 from tests.dagger_engine import TestEngine
 from tests.test_adapter_support import adapter_config, started, workflow_command
@@ -224,13 +227,6 @@ async def test_adapter_circuit_opens_on_an_unreachable_engine_and_closes_after_a
     assert [r.args for r in dagger_engine.execs] == [["echo", "after"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug (issue 9): a step that exits non-zero runs with expect ANY, a cacheable engine operation, "
-        "so identical failing tasks are answered from the engine's cache and never run again"
-    ),
-)
 async def test_steps_exiting_non_zero_never_open_the_circuit(dagger_engine: TestEngine, tmp_path: Path) -> None:
     config = adapter_config(tmp_path, breaker_failure_threshold=1)
     async with started(config) as adapter:
@@ -276,3 +272,42 @@ async def test_a_probe_the_engine_does_not_answer_in_time_reopens_the_circuit(
         await wait_for(probe_reached_the_engine)
         assert adapter.circuit_state == "open" and states == ["open", "half-open", "open"]
         dagger_engine.delay_requests(0)
+
+
+REGISTRY_ANSWERS = {
+    # what buildkit reports for a pull, as the engine answers it (a QueryError)
+    "failed to resolve source metadata for docker.io/library/nope:1: pull access denied, repository does not "
+    "exist or may require authorization: server message: insufficient_scope: authorization failed": "permanent",
+    "failed to resolve source metadata for ghcr.io/acme/x:1: ghcr.io/acme/x:1: not found": "permanent",
+    "failed to resolve source metadata for ghcr.io/acme/x:1: failed to authorize: failed to fetch oauth token: "
+    "unexpected status from GET request to https://ghcr.io/token: 401 Unauthorized": "permanent",
+    "failed to resolve source metadata for docker.io/library/x:1: unexpected status from HEAD request to "
+    "https://docker.io/v2/library/x/manifests/1: 429 Too Many Requests - Server message: toomanyrequests": "transient",
+    "failed to resolve source metadata for ghcr.io/acme/x:1: unexpected status from HEAD request to "
+    "https://ghcr.io/v2/acme/x/manifests/1: 500 Internal Server Error": "transient",
+    "failed to resolve source metadata for ghcr.io/acme/x:1: unexpected status from HEAD request to "
+    "https://ghcr.io/v2/acme/x/manifests/1: 503 Service Unavailable": "transient",
+}
+
+
+@pytest.mark.parametrize(("message", "category"), REGISTRY_ANSWERS.items())
+async def test_registry_and_image_errors_are_classified_and_never_trip_the_breaker(message: str, category: str) -> None:
+    error = dagger.QueryError([QueryErrorValue(message)], gql.GraphQLRequest("{ version }"))
+    failure = classify(error)
+    assert failure.category.value == category and failure.registry
+
+    async def pull() -> None:
+        raise error
+
+    breaker = EngineCircuitBreaker(failure_threshold=1, reset_seconds=60)
+    for _ in range(3):
+        await expect_failure(breaker, pull)
+    assert breaker.state == "closed" and breaker.failure_count == 0
+
+
+async def test_record_engine_failure_counts_toward_opening() -> None:
+    breaker = EngineCircuitBreaker(failure_threshold=2, reset_seconds=60)
+    await breaker.record_engine_failure("the engine did not answer a probe")
+    assert breaker.state == "closed" and breaker.failure_count == 1
+    await breaker.record_engine_failure("the engine did not answer a probe")
+    assert breaker.state == "open"

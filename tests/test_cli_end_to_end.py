@@ -67,13 +67,6 @@ async def worker(
             await asyncio.wait_for(running, 30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug (issue 9): a replay re-sends the identical chain and the failed expect-ANY step is a "
-        "cached engine operation, so the replayed task returns the cached failure instead of running"
-    ),
-)
 async def test_failed_task_is_listed_replayed_once_and_then_runs(
     amqp_url: str, topology_spec: Topology, dagger_engine: TestEngine, worker: Worker
 ) -> None:

@@ -271,13 +271,6 @@ async def test_retries_exhausted_dead_letters_the_command_with_its_reason(
     assert stored is not None and not stored.result.success
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug (issue 9): a replay re-sends the identical chain and the failed expect-ANY step is a "
-        "cached engine operation, so the replay is answered from the engine's cache instead of running"
-    ),
-)
 async def test_a_permanent_failure_is_dead_lettered_at_once_and_not_run_again_unless_replayed(
     start_worker: StartWorker,
     observer: Observer,

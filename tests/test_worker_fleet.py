@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer.client import DeadLetterQueue, ExecutionClient, Selector
@@ -202,13 +201,6 @@ async def test_a_worker_started_while_valkey_is_down_waits_for_it_instead_of_exi
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug (issue 9): a replay re-sends the identical chain and the failed expect-ANY step is a "
-        "cached engine operation, so the replay is answered from the engine's cache instead of running"
-    ),
-)
 async def test_a_replay_interrupted_after_publishing_runs_the_task_once_when_replayed_again(
     start_worker: StartWorker,
     observer: Observer,

@@ -21,6 +21,7 @@ log = logging.getLogger("dagger_adapter.execution.context")
 ProgressCallback = Callable[[str, str, str | None], None]
 
 DEFAULT_REGISTRY = "docker.io"
+RUN_NONCE_VARIABLE = "DAGGER_ADAPTER_RUN_NONCE"
 TOKEN_USERNAME = "token"  # username sent with a token-only credential (registries ignore it)
 
 
@@ -100,6 +101,12 @@ class RunContext:
     logins: list[RegistryLogin]
     redact: Redactor
     on_progress: ProgressCallback | None = None
+    # Set for a replay, a retry or ``cache: false``: every container gets it as an environment
+    # variable, so the engine's own cache cannot answer with what an earlier run produced.
+    run_nonce: str | None = None
+    # Image reference -> the same image pinned to its digest (resolved before the cache lookup,
+    # so the run uses exactly the image the cache key names).
+    pinned_images: dict[str, str] = field(default_factory=dict)
     _secret_objects: dict[str, dagger.Secret] = field(default_factory=dict)
     _host_dirs: dict[str, dagger.Directory] = field(default_factory=dict)
 
@@ -115,18 +122,41 @@ class RunContext:
         return self._secret_objects[name]
 
     def host_directory(self, path: str) -> dagger.Directory:
-        """A host directory (already checked by the path rules), loaded once per attempt."""
+        """A host directory (already checked by the path rules), read once per attempt.
+        ``no_cache``: a real engine otherwise snapshots a host path once per session, and a
+        long-lived worker would hand later tasks (and the result cache) stale content."""
         if path not in self._host_dirs:
-            self._host_dirs[path] = self.client.host().directory(path)
+            self._host_dirs[path] = self.client.host().directory(path, no_cache=True)
         return self._host_dirs[path]
 
+    def host_file(self, path: str) -> dagger.File:
+        """A host file (already checked by the path rules), read as it is now."""
+        return self.client.host().file(path, no_cache=True)
+
     def container(self, image: str) -> dagger.Container:
-        """A container from ``image``, with the registry logins attached before the pull."""
+        """A container from ``image`` (pinned to its digest when resolved), with the registry
+        logins attached before the pull and the run nonce, if any, set."""
+        ctr = self.base_container(image)
+        if self.run_nonce:
+            ctr = ctr.with_env_variable(RUN_NONCE_VARIABLE, self.run_nonce)
+        return ctr
+
+    def base_container(self, image: str) -> dagger.Container:
         ctr = self.client.container()
         for login in self.logins:
             secret = self.client.set_secret(f"{self.task_id}/registry/{login.address}", login.password)
             ctr = ctr.with_registry_auth(login.address, login.username, secret)
-        return ctr.from_(qualify_image(image, self.registry))
+        address = qualify_image(image, self.registry)
+        return ctr.from_(self.pinned_images.get(address, address))
+
+    async def resolve_image(self, image: str) -> str:
+        """``image`` (a tag) as the engine resolves it now: the reference with its digest."""
+        address = qualify_image(image, self.registry)
+        if "@sha256:" in address:
+            return address
+        pinned = await self.base_container(image).image_ref()
+        self.pinned_images[address] = pinned
+        return pinned
 
     def progress(self, step: str, state: str, detail: str | None = None) -> None:
         if self.on_progress is None:

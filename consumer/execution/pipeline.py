@@ -12,6 +12,9 @@ SDK takes as objects are given as plain values and converted:
   name of one of the command's ``secrets``;
 - enums (``expect``, ``sharing``): the value's name, e.g. ``"ANY"``.
 
+A module call (``module`` + ``function`` + ``args``/``constructor_args``) goes through the
+module's own type definitions: see ``module_call``.
+
 Host directories mounted with ``with_mounted_directory`` are mounted read-only unless the
 operation says ``read_only: false`` (nothing in the container reaches the host but an export).
 
@@ -36,6 +39,7 @@ import enum
 import functools
 import inspect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ from consumer.errors import classify, permanent
 from consumer.execution.chain import ChainBuilder
 from consumer.execution.context import RunContext
 from consumer.execution.exports import export_directory, export_file
+from consumer.execution.module_call import check_module_ref, is_pinned, prepare_call, run_call
 from consumer.execution.volumes import Volume, plan_volumes
 from consumer.paths import OutputPath, PathRules
 from schemas import PipelineParameters
@@ -132,9 +137,12 @@ class Export:
 class PipelinePlan:
     operations: list[Operation] = field(default_factory=list)
     exports: list[Export] = field(default_factory=list)
-    module: str | None = None
+    module: str | None = None  # the ref as given
+    module_ref: str | None = None  # what the engine loads (a local ref: its resolved directory)
     function: str | None = None
     function_args: dict[str, Any] = field(default_factory=dict)
+    constructor_args: dict[str, Any] = field(default_factory=dict)
+    cacheable: bool = True  # False for a module ref that may move (a branch, a tag)
     host_inputs: list[Path] = field(default_factory=list)
     workflow_source: bytes | None = None
     environment: dict[str, str] = field(default_factory=dict)
@@ -145,6 +153,21 @@ class PipelinePlan:
     def writes_host(self) -> bool:
         return bool(self.exports) or any(v.output is not None for v in self.volumes)
 
+    @property
+    def images(self) -> list[str]:
+        return [self.operations[0].args["address"]] if self.operations else []
+
+    async def resolve(self, ctx: RunContext) -> dict[str, Any]:
+        """What the cache key needs from the engine: the image's digest; for a module call,
+        the host paths its arguments name (found through the module's definitions)."""
+        if self.module_ref is not None:
+            assert self.function is not None
+            prepared = await prepare_call(
+                ctx, self.module_ref, self.function, self.function_args, self.constructor_args
+            )
+            return {"module_inputs": prepared.host_inputs}
+        return {"images": {image: await ctx.resolve_image(image) for image in self.images}}
+
     async def run(self, ctx: RunContext, result: dict[str, Any]) -> None:
         if self.module is not None:
             await _call_function(self, ctx, result)
@@ -152,12 +175,19 @@ class PipelinePlan:
             await _run_chain(self, ctx, result)
 
 
-def plan_pipeline(params: PipelineParameters, rules: PathRules) -> PipelinePlan:
+def plan_pipeline(params: PipelineParameters, rules: PathRules, allowed_modules: Sequence[str] = ()) -> PipelinePlan:
     if params.module is not None:
         assert params.function is not None
-        for key, value in params.args.items():
-            _check_function_arg(key, value)
-        return PipelinePlan(module=params.module, function=params.function, function_args=dict(params.args))
+        ref, local = check_module_ref(params.module, allowed_modules, rules)
+        return PipelinePlan(
+            module=params.module,
+            module_ref=ref,
+            function=params.function,
+            function_args=dict(params.args),
+            constructor_args=dict(params.constructor_args),
+            cacheable=is_pinned(params.module, local),
+            host_inputs=[local] if local is not None else [],
+        )
 
     volumes = plan_volumes(params.volumes, rules)
     if len({v.target for v in volumes}) != len(volumes):
@@ -243,14 +273,6 @@ def _has_kind(value: Any, kind: Kind) -> bool:
     return isinstance(value, str) and (kind is Kind.STR or bool(value))
 
 
-def _check_function_arg(key: str, value: Any) -> None:
-    ok = value is None or isinstance(value, bool | int | float | str)
-    if isinstance(value, list):
-        ok = all(v is None or isinstance(v, bool | int | float | str) for v in value)
-    if not ok:
-        raise permanent(f"module function argument {key!r}: only strings, numbers, booleans and lists of them")
-
-
 def _sdk_args(op: Operation, ctx: RunContext) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in op.args.items():
@@ -258,7 +280,7 @@ def _sdk_args(op: Operation, ctx: RunContext) -> dict[str, Any]:
         if kind is Kind.HOST_DIR:
             out[key] = ctx.host_directory(value)
         elif kind is Kind.HOST_FILE:
-            out[key] = ctx.client.host().file(value)
+            out[key] = ctx.host_file(value)
         elif kind is Kind.CACHE:
             out[key] = ctx.client.cache_volume(value)
         elif kind is Kind.SECRET:
@@ -331,12 +353,13 @@ async def _run_chain(plan: PipelinePlan, ctx: RunContext, result: dict[str, Any]
 
 
 async def _call_function(plan: PipelinePlan, ctx: RunContext, result: dict[str, Any]) -> None:
-    assert plan.module is not None and plan.function is not None
+    assert plan.module_ref is not None and plan.function is not None
     step = plan.function
     result.update(module=plan.module, function=plan.function)
     ctx.progress(step, "started", plan.module)
     try:
-        value = await ctx.session.call_function(plan.module, plan.function, plan.function_args)
+        prepared = await prepare_call(ctx, plan.module_ref, plan.function, plan.function_args, plan.constructor_args)
+        value = await run_call(ctx, prepared)
     except Exception as exc:
         ctx.progress(step, "failed", classify(exc).message)
         raise

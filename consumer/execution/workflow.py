@@ -96,6 +96,18 @@ class WorkflowPlan:
     def writes_host(self) -> bool:
         return any(v.output is not None for v in self.volumes)
 
+    @property
+    def images(self) -> list[str]:
+        return sorted({s.image for s in self.steps.values()})
+
+    @property
+    def cacheable(self) -> bool:
+        return True
+
+    async def resolve(self, ctx: RunContext) -> dict[str, Any]:
+        """What the cache key needs from the engine: each image's current digest."""
+        return {"images": {image: await ctx.resolve_image(image) for image in self.images}}
+
     async def run(self, ctx: RunContext, result: dict[str, Any]) -> None:
         await run_workflow(self, ctx, result)
 
@@ -419,7 +431,11 @@ async def _run_step(
         chain.add("with_mounted_directory", path=volume.target, source=directory, read_only=volume.read_only)
     if step.workdir:
         chain.add("with_workdir", path=step.workdir)
-    chain.add("with_exec", args=step.args, expect=dagger.ReturnType.ANY)
+    # Only a step allowed to fail takes any exit code as its outcome (its writes flow on). Any
+    # other step must succeed: a real engine caches a successful operation, and a failure
+    # taken as a success (``expect: ANY``) would be served again to every replay.
+    expect = dagger.ReturnType.ANY if step.allow_failure else dagger.ReturnType.SUCCESS
+    chain.add("with_exec", args=step.args, expect=expect)
 
     out["status"] = "running"
     ctx.progress(step.name, "started", None)
@@ -427,6 +443,9 @@ async def _run_step(
     try:
         output = await ctx.session.exec_output(await chain.applied())
         ctr, exit_code, stdout, stderr = output.container, output.exit_code, output.stdout, output.stderr
+        states[step.name] = [ctr.directory(v.target) for v in plan.volumes]
+    except dagger.ExecError as failed:  # a failed step: nothing of it flows on (the workflow stops)
+        exit_code, stdout, stderr = failed.exit_code, failed.stdout or "", failed.stderr or ""
     except Exception as exc:
         out["status"] = "failed"
         out["duration_ms"] = _ms_since(started)
@@ -440,7 +459,6 @@ async def _run_step(
     )
     if len(stdout) > TAIL_CHARS or len(stderr) > TAIL_CHARS:
         out["truncated"] = True
-    states[step.name] = [ctr.directory(v.target) for v in plan.volumes]
 
     if exit_code != 0:
         out["status"] = "failed"

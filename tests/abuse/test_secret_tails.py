@@ -35,6 +35,7 @@ def leaks(text: Any) -> list[str]:
     ]
 
 
+@pytest.mark.usefixtures("engine_under_test")  # registry_auth: a session of its own, as with the CLI
 @pytest.mark.parametrize("inside", [3, 9, len(PASSWORD) - 3])
 async def test_step_output_tails_never_carry_a_piece_of_a_secret(
     dagger_engine: TestEngine, tmp_path: Path, inside: int
@@ -55,6 +56,7 @@ async def test_step_output_tails_never_carry_a_piece_of_a_secret(
     assert leaks(result) == [] and leaks(progress) == []
 
 
+@pytest.mark.usefixtures("engine_under_test")  # registry_auth: a session of its own, as with the CLI
 async def test_error_messages_never_carry_a_piece_of_a_secret(dagger_engine: TestEngine, tmp_path: Path) -> None:
     # A failing workflow step: its error quotes the last 500 characters of stderr.
     dagger_engine.on_exec(["fail"], ExecOutcome(stderr=straddling(500) + "\n", exit_code=1))
