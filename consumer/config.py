@@ -73,6 +73,10 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     health_file: str | None = None
     # RabbitMQ's consumer_timeout (not readable over AMQP): the worker warns when timeout_seconds exceeds it.
     broker_consumer_timeout_seconds: PositiveFloat = 1800.0
+    # Prometheus metrics on http://<metrics_address>:<metrics_port>/metrics; None: not served (0: any free port).
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    # All interfaces by default, so Prometheus can scrape a container; 127.0.0.1 keeps it on the host.
+    metrics_address: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         if not self.worker_id.strip():
@@ -146,7 +150,7 @@ def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         if field in _STRUCTURED:
             values[field] = _structured_env(field, raw)
-        elif field == "valkey_url" and raw.strip() == "":
+        elif field in ("valkey_url", "metrics_port") and raw.strip() == "":
             values[field] = None
         else:
             values[field] = raw  # converted (str -> int/float/bool) by msgspec below

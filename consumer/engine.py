@@ -22,13 +22,19 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import dagger
 import gql
+import httpx
 
 log = logging.getLogger(__name__)
+
+# ``(seconds, http_status)`` of each GraphQL request to the engine, up to its response headers.
+RequestListener = Callable[[float, int], None]
 
 # gql logs every request and response body at DEBUG; queries carry secrets inline
 # (setSecret(plaintext: ...)), so those loggers must never print, whatever the log level.
@@ -55,6 +61,7 @@ class DaggerEngine:
         self._current: _Generation | None = None
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        self._request_listeners: list[RequestListener] = []
 
     @property
     def connected(self) -> bool:
@@ -79,9 +86,46 @@ class DaggerEngine:
                 with contextlib.suppress(Exception):
                     await connection.close()  # type: ignore[no-untyped-call]
                 raise
+            self._observe_requests(client)
             self._current = _Generation(connection, client)
             log.info("connected to the Dagger engine")
             return self._current
+
+    def add_request_listener(self, listener: RequestListener) -> None:
+        """``listener(seconds, status)`` after every request to the engine (metrics)."""
+        self._request_listeners.append(listener)
+
+    def _observe_requests(self, client: dagger.Client) -> None:
+        """Time the connection's HTTP requests with httpx event hooks on the SDK's client (the SDK
+        opens it with gql's httpx transport and offers no hook of its own)."""
+        if not self._request_listeners:
+            return
+        http = getattr(getattr(client._ctx.conn.session.client, "transport", None), "client", None)
+        if not isinstance(http, httpx.AsyncClient):
+            log.info("engine request timing unavailable: unexpected SDK transport")
+            return
+        started: weakref.WeakKeyDictionary[httpx.Request, float] = weakref.WeakKeyDictionary()
+        listeners = self._request_listeners
+
+        async def on_request(request: httpx.Request) -> None:
+            started[request] = time.monotonic()
+
+        async def on_response(response: httpx.Response) -> None:
+            t0 = started.pop(response.request, None)
+            if t0 is None:
+                return
+            seconds = time.monotonic() - t0
+            for listener in listeners:
+                try:
+                    listener(seconds, response.status_code)
+                except Exception:
+                    log.exception("engine request listener failed")
+
+        hooks = http.event_hooks
+        http.event_hooks = {
+            "request": [*hooks.get("request", []), on_request],
+            "response": [*hooks.get("response", []), on_response],
+        }
 
     async def connect(self) -> None:
         """Open the connection now (otherwise the first execution opens it)."""

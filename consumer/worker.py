@@ -51,6 +51,9 @@ from consumer.config import DaggerAdapterConfig, redact_url, topology_for
 from consumer.health import write_health_file
 from consumer.ledger import Ledger, StoredOutcome
 from consumer.logs import task_context, worker_id_var
+from consumer.telemetry import tracing
+from consumer.telemetry.metrics import WorkerMetrics
+from consumer.version import package_version
 from schemas import (
     CONTENT_TYPE,
     DeadLetterHeaders,
@@ -165,6 +168,8 @@ class Worker:
         self._reply_channel: AbstractRobustChannel | None = None
         self._queue: AbstractRobustQueue | None = None
         self._ledger: Ledger | None = None
+        self.metrics = WorkerMetrics(worker_id=self.worker_id, version=package_version(), capacity=self.capacity)
+        self.metrics_port: int | None = None  # where /metrics is served, once started
 
     # ================================================================ lifecycle
 
@@ -191,6 +196,7 @@ class Worker:
     async def startup(self) -> None:
         worker_id_var.set(self.worker_id)
         self._warn_about_consumer_timeout()
+        self._start_telemetry()
         try:
             self._connection = await connect_broker(self.config.amqp_url, reconnect_interval=1)
         except BrokerUnavailable as exc:
@@ -274,6 +280,7 @@ class Worker:
         log.info("drained")
 
     async def shutdown(self) -> None:
+        self.metrics.close()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -302,7 +309,27 @@ class Worker:
                 self.config.broker_consumer_timeout_seconds,
             )
 
+    def _start_telemetry(self) -> None:
+        """Traces (exporters from OTEL_*), metrics hooked to the adapter, ``/metrics`` when configured."""
+        tracing.configure_tracing(dagger_sdk=True)
+        self.metrics.follow(
+            in_flight=lambda: self.in_flight,
+            executing=lambda: self.adapter.current_load,
+            consuming=lambda: self._consumer_tag is not None,
+            circuit_state=lambda: self.adapter.circuit_state,
+        )
+        self.adapter.add_circuit_listener(self.metrics.circuit_changed)
+        self.adapter.add_engine_request_listener(self.metrics.engine_request)
+        if self.config.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_address)
+            except OSError as exc:
+                raise StartupFailed(
+                    f"cannot serve metrics on {self.config.metrics_address}:{self.config.metrics_port}: {exc}"
+                ) from None
+
     def _on_reconnect(self, *_: Any) -> None:
+        self.metrics.broker_reconnected()
         log.warning("reconnected to RabbitMQ (topology re-declared); running executions carry on")
 
     # ================================================================ consuming on and off
@@ -426,12 +453,30 @@ class Worker:
         try:
             command, params = decode_command(message.body)
         except InvalidMessage as exc:
-            with task_context(exc.task_id, delivery.attempt):
+            self.metrics.command_received(None)
+            with task_context(exc.task_id, delivery.attempt), self._command_span(delivery, exc.task_id, None):
                 await self._guarded(delivery, self._reject_invalid(delivery, exc))
             return
+        self.metrics.command_received(command.execution_type)
         # Every log line about this message names its task, the failure paths' included.
-        with task_context(command.task_id, delivery.attempt):
+        with (
+            task_context(command.task_id, delivery.attempt),
+            self._command_span(delivery, command.task_id, command.execution_type.value),
+        ):
             await self._guarded(delivery, self._process(delivery, command, params.enable_retry))
+
+    def _command_span(
+        self, delivery: Delivery, task_id: str | None, execution_type: str | None
+    ) -> contextlib.AbstractContextManager[Any]:
+        return tracing.command_span(
+            delivery.message.headers,
+            queue=self.spec.tasks_queue,
+            message_id=delivery.message_id,
+            task_id=task_id,
+            execution_type=execution_type,
+            attempt=delivery.attempt,
+            worker_id=self.worker_id,
+        )
 
     async def _guarded(self, delivery: Delivery, handling: Awaitable[None]) -> None:
         """Run ``handling``; a message it could not settle goes back to the queue, never dropped."""
@@ -439,7 +484,7 @@ class Worker:
             await handling
         except ValkeyError as exc:
             await self._ledger_failed(exc)
-            await self._put_back(delivery, "until Valkey is available")
+            await self._put_back(delivery, "until Valkey is available", reason="valkey")
         except Exception:
             # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
             # delivery limit dead-letters a command that keeps failing this way.
@@ -447,12 +492,14 @@ class Worker:
             await asyncio.sleep(REQUEUE_DELAY_SECONDS)
             await self._settle(delivery, requeue=True)
 
-    async def _put_back(self, delivery: Delivery, why: str) -> None:
+    async def _put_back(self, delivery: Delivery, why: str, *, reason: str = "stopping") -> None:
         """The command goes back to the queue as the same attempt, through a retry tier: a requeue
         would count a delivery, and the delivery limit would dead-letter a command that was only
         interrupted (Valkey down, a drain, rolling restarts)."""
         try:
             await self._send_to_retry(delivery, REQUEUE_DELAY_SECONDS, attempts=delivery.attempts_before)
+            self.metrics.command_postponed(reason)
+            tracing.set_outcome("put_back")
             log.info("command put back: %s", why)
             await self._settle(delivery)
         except Exception as exc:
@@ -493,7 +540,12 @@ class Worker:
         None when the drain cancelled it."""
         await self._status(command, TaskState.RUNNING, delivery.attempt)
         execution = asyncio.create_task(
-            self.adapter.execute(command, attempt=delivery.attempt, in_process_retries=False, on_progress=_log_progress)
+            tracing.in_execution_span(
+                command.execution_type.value,
+                self.adapter.execute(
+                    command, attempt=delivery.attempt, in_process_retries=False, on_progress=_log_progress
+                ),
+            )
         )
         self._executions.add(execution)
         beats = asyncio.create_task(self._task_heartbeats(command, delivery.attempt))
@@ -516,11 +568,13 @@ class Worker:
                 "duration_s": round(time.monotonic() - started, 3),
             },
         )
+        self.metrics.execution_finished(command.execution_type, result, time.monotonic() - started)
         return msgspec.structs.replace(
             result,
             attempts=delivery.attempt,
             worker_id=self.worker_id,
             execution_type=command.execution_type,
+            trace_id=tracing.current_trace_id(),
         )
 
     async def _task_heartbeats(self, command: ExecutionCommand, attempt: int) -> None:
@@ -590,6 +644,8 @@ class Worker:
         else:
             await self._status(command, TaskState.FAILED, result.attempts, detail=result.error)
             await self._status(command, TaskState.DEAD_LETTERED, result.attempts, detail=result.error)
+        self.metrics.outcome_published(command.execution_type, result)
+        tracing.set_outcome("succeeded" if result.success else "dead_lettered", error=result.error)
         log.info("outcome published", extra={"outcome": result.outcome.value})
 
     async def _answer_from_ledger(self, delivery: Delivery, command: ExecutionCommand, *, leased: bool) -> bool:
@@ -606,17 +662,22 @@ class Worker:
         same_message = delivery.message_id is not None and delivery.message_id == stored.message_id
         if same_message and stored.published:
             log.info("redelivered command whose outcome was already published; acking it")
+            answer = "redelivered"
         elif same_message:
             if not leased:
                 return False
             log.info("outcome recorded but not published (worker died or lost the broker); publishing it")
             await self._publish_outcome(delivery, command, stored)
             await self._require_ledger().mark_published(stored)
+            answer = "unpublished"
         else:
             log.info("duplicate of a finished task: republishing its stored result")
             await self._publish_result(
                 stored.result, command.execution_type.value, command.reply_to, command.correlation_id
             )
+            answer = "duplicate"
+        self.metrics.answered_from_ledger(command.execution_type, answer)
+        tracing.set_outcome(answer)
         await self._settle(delivery)
         return True
 
@@ -625,6 +686,7 @@ class Worker:
         reason, and answer its task (when it has a readable task id) with a failure result."""
         task_id = exc.task_id
         log.warning("invalid command dead-lettered: %s", exc)
+        tracing.set_outcome("invalid", error=str(exc))
         fields = peek(delivery.message.body)
         execution_type = _text_field(fields, "execution_type") or "unknown"
         await self._dead_letter(
@@ -650,10 +712,12 @@ class Worker:
                 worker_id=self.worker_id,
                 started_at=now,
                 finished_at=now,
+                trace_id=tracing.current_trace_id(),
             )
             await self._publish_result(
                 result, execution_type, _text_field(fields, "reply_to"), _text_field(fields, "correlation_id")
             )
+            self.metrics.outcome_published(execution_type, result)
             await self._status_event(
                 StatusEvent(
                     task_id=task_id,
@@ -677,6 +741,8 @@ class Worker:
             detail=f"{result.error_category.value if result.error_category else 'failed'}: {result.error}; "
             f"retry {delivery.attempt} of {self.adapter.retry_policy.max_retries} in {delay:.1f} s",
         )
+        self.metrics.retried(command.execution_type, result.error_category)
+        tracing.set_outcome("retried")
         log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": result.error})
         await self._settle(delivery)
 
@@ -686,11 +752,15 @@ class Worker:
         delay = max(MIN_POSTPONE_SECONDS, await ledger.lease_remaining(command.task_id))
         log.info("task is running elsewhere; postponed", extra={"holder": await ledger.lease_holder(command.task_id)})
         await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+        self.metrics.command_postponed("leased")
+        tracing.set_outcome("postponed")
         await self._settle(delivery)
 
     async def _postpone_open_circuit(self, delivery: Delivery, command: ExecutionCommand) -> None:
         delay = max(MIN_POSTPONE_SECONDS, self.config.breaker_reset_seconds)
         await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+        self.metrics.command_postponed("circuit_open")
+        tracing.set_outcome("postponed")
         await self._status(
             command, TaskState.RETRYING, delivery.attempt, detail="engine unavailable (circuit open); not an attempt"
         )
@@ -806,6 +876,7 @@ class Worker:
                 reply_to=original.reply_to,
             ),
         )
+        self.metrics.dead_lettered(routing_key, why.error_category)
 
     def _dead_letter_routing_key(self, delivery: Delivery, execution_type: str) -> str:
         # A retried command re-enters the tasks exchange as `retry.<tier>`; its original key was its type.

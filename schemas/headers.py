@@ -16,6 +16,10 @@ ERROR = "x-error"
 TASK_ID = "x-task-id"
 DEAD_LETTERED_AT = "x-dead-lettered-at"
 WORKER_ID = "x-worker-id"
+# W3C Trace Context of a command (https://www.w3.org/TR/trace-context/), as application headers so
+# that any publisher can send them: the worker continues the trace; a malformed value is ignored.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 # How a message that RabbitMQ dead-lettered on its own (delivery limit) is told apart.
 DELIVERY_LIMIT = "delivery_limit"
 
