@@ -122,9 +122,9 @@ def extract(headers: Mapping[str, Any] | None) -> otel_context.Context | None:
     carrier: dict[str, str] = {}
     for name, limit in _HEADER_LIMITS.items():
         value = (headers or {}).get(name)
-        if isinstance(value, bytes):
+        if isinstance(value, bytes | bytearray):
             try:
-                value = value.decode("ascii")
+                value = bytes(value).decode("ascii")
             except UnicodeDecodeError:
                 continue
         if isinstance(value, str) and len(value) <= limit and value.isprintable():
