@@ -29,7 +29,14 @@ from consumer.client import ExecutionClient
 from consumer.telemetry import tracing
 from schemas import ExecutionCommand, ExecutionResult, ExecutionType, decode, encode
 from tests.dagger_engine import ExecOutcome, TestEngine
-from tests.support.worker_process import Observer, command, publish_command, wait_until
+from tests.support.worker_process import (
+    Observer,
+    WorkerProcess,
+    command,
+    publish_command,
+    wait_until,
+    worker_settings,
+)
 from tests.test_client_support import cli_env, declared, run_cli
 from tests.test_worker import StartWorker, dead_letters, settle, start_worker, stop_worker, worker_log
 from topology import Topology
@@ -349,3 +356,43 @@ def test_trace_headers_are_read_as_text_or_bytes_and_anything_else_is_no_context
     assert tracing.extract(None) is None and tracing.extract({}) is None
     assert tracing.extract({"tracestate": "vendor=v1"}) is None
     assert tracing.extract({"traceparent": "ff-" + "a" * 32 + "-" + "b" * 16 + "-01"}) is None  # version ff: invalid
+
+
+async def test_a_worker_process_exports_its_spans_where_the_otel_variables_say_once_each(
+    amqp_url: str,
+    valkey_url: str,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    observer: Observer,
+    channel: AbstractChannel,
+    tmp_path: Path,
+) -> None:
+    otel = {"OTEL_TRACES_EXPORTER": "console", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"}
+    settings = worker_settings(
+        amqp_url=amqp_url,
+        valkey_url=valkey_url,
+        spec=topology_spec,
+        work_dir=tmp_path,
+        engine_env={**dagger_engine.session_env(), **otel},
+    )
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        await observer.wait_ready(worker.worker_id)
+        trace_id = uuid.uuid4().hex
+        traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+        await publish_command(channel, topology_spec, command("exported-1"), headers={"traceparent": traceparent})
+        await observer.wait_for(lambda: observer.results_for("exported-1"), 30, "the result")
+        assert observer.results_for("exported-1")[0].trace_id == trace_id
+        worker.terminate()
+        assert await worker.wait(30) == 0
+        output = worker.output()
+    finally:
+        worker.stop()
+    # The console exporter prints each finished span as JSON: the command's spans, exactly once
+    # each (the SDK's telemetry set-up and ours share one provider), under our service name.
+    assert output.count(f'"name": "process {topology_spec.tasks_queue}"') == 1, output
+    assert output.count('"name": "execute containerized_workflow"') == 1
+    assert f'"trace_id": "0x{trace_id}"' in output
+    assert '"service.name": "dagger-adapter"' in output and '"deployment.environment": "test"' in output
+    lines = [line for line in worker.log_lines() if line.get("task_id") == "exported-1"]
+    assert lines and all(line["trace_id"] == trace_id and "otelTraceID" not in line for line in lines)
