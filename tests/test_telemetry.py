@@ -396,3 +396,35 @@ async def test_a_worker_process_exports_its_spans_where_the_otel_variables_say_o
     assert '"service.name": "dagger-adapter"' in output and '"deployment.environment": "test"' in output
     lines = [line for line in worker.log_lines() if line.get("task_id") == "exported-1"]
     assert lines and all(line["trace_id"] == trace_id and "otelTraceID" not in line for line in lines)
+
+
+async def test_breaker_state_and_transitions_follow_the_engine(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+) -> None:
+    worker = await start_worker(metrics_port=0, metrics_address="127.0.0.1", breaker_failure_threshold=1)
+    assert worker.metrics_port is not None
+    port = worker.metrics_port
+    dagger_engine.fail_requests(10_000)
+    await publish_command(channel, topology_spec, command("breaks-1"))
+
+    async def state_is(state: str) -> bool:
+        _, samples = await scrape(port)
+        return value(samples, "dagger_adapter_circuit_breaker_state", state=state) == 1
+
+    await wait_until(lambda: state_is("open"), 30, "the breaker open")
+    _, samples = await scrape(port)
+    assert value(samples, "dagger_adapter_consuming") == 0  # paused: commands stay queued
+    assert value(samples, "dagger_adapter_circuit_breaker_transitions_total", state="open") >= 1
+
+    dagger_engine.fail_requests(0)  # the engine is back: the next probe closes the breaker
+    await wait_until(lambda: state_is("closed"), 30, "the breaker closed")
+    await observer.wait_for(lambda: observer.results_for("breaks-1"), 30, "the result")
+    assert observer.results_for("breaks-1")[0].success
+    _, samples = await scrape(port)
+    transitions = "dagger_adapter_circuit_breaker_transitions_total"
+    assert value(samples, transitions, state="half-open") >= 1 and value(samples, transitions, state="closed") >= 1
+    assert value(samples, "dagger_adapter_consuming") == 1
