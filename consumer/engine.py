@@ -100,7 +100,11 @@ class DaggerEngine:
         opens it with gql's httpx transport and offers no hook of its own)."""
         if not self._request_listeners:
             return
-        http = getattr(getattr(client._ctx.conn.session.client, "transport", None), "client", None)
+        try:  # the isolated client's connection -> gql client -> its httpx transport's client
+            gql_client: Any = client._ctx.conn.session.client
+            http = gql_client.transport.client
+        except AttributeError:
+            http = None
         if not isinstance(http, httpx.AsyncClient):
             log.info("engine request timing unavailable: unexpected SDK transport")
             return

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Show result events published from now on (the results exchange is pub/sub: past results "
             "are not replayed). Without --follow, listens for --for seconds (default "
             f"{DEFAULT_LISTEN_SECONDS:g}) and exits 0; with --follow, until Ctrl-C. --count N stops after N "
-            "events; if --for runs out first, the exit code is 124. A line on stderr says when listening starts."
+            "events; if --for runs out first, the exit code is 124. A line on stderr says when listening starts. "
+            "`results get TASK_ID` instead looks up the result a task already has."
         ),
     )
     mode = parser.add_mutually_exclusive_group()
