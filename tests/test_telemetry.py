@@ -337,7 +337,7 @@ async def test_results_get_and_get_result_answer_from_the_outcome_records(
     ran = await run_cli("results", "get", "looked-up-bad", env=env)
     assert ran.code == 1 and "failed" in ran.out and "permanent" in ran.out
     ran = await run_cli("results", "get", "never-submitted", env=env)
-    assert ran.code == 3 and ran.out == "" and "no result recorded for task never-submitted" in ran.err
+    assert ran.code == 4 and ran.out == "" and "no result recorded for task never-submitted" in ran.err
     ran = await run_cli("results", "get", "looked-up", env=cli_env(amqp_url, topology_spec))
     assert ran.code == 2 and "valkey_url" in ran.err
     # The live stream is still `results` without a sub-verb.

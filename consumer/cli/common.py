@@ -11,7 +11,7 @@ from consumer.config import ConfigError, DaggerAdapterConfig, load_config
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_UNKNOWN_TASK = 3  # `results get`: no outcome is recorded for the task (unknown, expired or still running)
+EXIT_UNKNOWN_TASK = 4  # `results get`: no outcome is recorded for the task (unknown, expired or still running)
 EXIT_TIMEOUT = 124
 
 
