@@ -428,3 +428,33 @@ async def test_breaker_state_and_transitions_follow_the_engine(
     transitions = "dagger_adapter_circuit_breaker_transitions_total"
     assert value(samples, transitions, state="half-open") >= 1 and value(samples, transitions, state="closed") >= 1
     assert value(samples, "dagger_adapter_consuming") == 1
+
+
+async def test_an_invalid_commands_span_says_so_with_bounded_attributes(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    await start_worker()
+    long_id = "t" * 250  # over the contract's 200: an invalid command (AMQP caps a correlation id at 255)
+    body = json.dumps({"task_id": long_id, "execution_type": "dagger_pipeline", "parameters": {"nope": 1}}).encode()
+    exchange = await channel.get_exchange(topology_spec.tasks_exchange, ensure=False)
+    await exchange.publish(aio_pika.Message(body, message_id=uuid.uuid4().hex), routing_key="dagger_pipeline")
+    await observer.wait_for(lambda: observer.results_for(long_id), 30, "the invalid command's failure result")
+    (result,) = observer.results_for(long_id)
+    assert result.error_category is not None and result.error_category.value == "invalid" and result.trace_id
+
+    def invalid_spans() -> list[ReadableSpan]:
+        return [
+            s
+            for s in span_exporter.get_finished_spans()
+            if s.context and f"{s.context.trace_id:032x}" == result.trace_id and s.name.startswith("process ")
+        ]
+
+    (span,) = await wait_until(invalid_spans, 10, "the span")
+    attributes = dict(span.attributes or {})
+    assert attributes["dagger_adapter.outcome"] == "invalid"
+    assert attributes["dagger_adapter.task_id"] == long_id[:200]
+    assert span.status.status_code.name == "ERROR"

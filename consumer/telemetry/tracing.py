@@ -45,6 +45,7 @@ _W3C = TraceContextTextMapPropagator()
 # caps it at 32 members; 512 characters is the size its spec says a vendor may truncate to.
 _HEADER_LIMITS = {TRACEPARENT: 256, TRACESTATE: 512}
 
+MAX_ATTRIBUTE = 200  # characters of a span attribute taken from a message (a task id's limit)
 ATTR_TASK_ID = "dagger_adapter.task_id"
 ATTR_EXECUTION_TYPE = "dagger_adapter.execution_type"
 ATTR_ATTEMPT = "dagger_adapter.attempt"
@@ -165,12 +166,14 @@ def command_span(
         ATTR_ATTEMPT: attempt,
         ATTR_WORKER_ID: worker_id,
     }
+    # Values from the message are the publisher's: bounded like the contract bounds them (a task
+    # id of an invalid command may be anything).
     if message_id:
-        attributes["messaging.message.id"] = message_id
+        attributes["messaging.message.id"] = message_id[:MAX_ATTRIBUTE]
     if task_id:
-        attributes[ATTR_TASK_ID] = task_id
+        attributes[ATTR_TASK_ID] = task_id[:MAX_ATTRIBUTE]
     if execution_type:
-        attributes[ATTR_EXECUTION_TYPE] = execution_type
+        attributes[ATTR_EXECUTION_TYPE] = execution_type[:MAX_ATTRIBUTE]
     with _tracer().start_as_current_span(
         f"process {queue}", context=extract(headers), kind=SpanKind.CONSUMER, attributes=attributes
     ) as span:
