@@ -458,3 +458,14 @@ async def test_an_invalid_commands_span_says_so_with_bounded_attributes(
     assert attributes["dagger_adapter.outcome"] == "invalid"
     assert attributes["dagger_adapter.task_id"] == long_id[:200]
     assert span.status.status_code.name == "ERROR"
+
+
+def test_label_values_come_from_the_enums_only() -> None:
+    from consumer.telemetry.metrics import category_label, execution_type_label, status_class
+
+    assert execution_type_label("dagger_pipeline") == "dagger_pipeline"
+    assert execution_type_label(ExecutionType.CONTAINERIZED_WORKFLOW) == CW
+    assert execution_type_label("retry.1000ms") == execution_type_label(None) == execution_type_label(7) == "unknown"
+    assert category_label(None) == "none" and category_label("permanent") == "permanent"
+    assert category_label("made-up") == "unknown"
+    assert (status_class(200), status_class(503), status_class(42)) == ("2xx", "5xx", "unknown")
