@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.client import ExecutionClient
+from consumer.client import ClientError, ExecutionClient
 from consumer.telemetry import tracing
 from schemas import ExecutionCommand, ExecutionResult, ExecutionType, decode, encode
 from tests.dagger_engine import ExecOutcome, TestEngine
@@ -327,6 +327,13 @@ async def test_results_get_and_get_result_answer_from_the_outcome_records(
         assert bad is not None and not bad.success and bad.error_category is not None
     finally:
         await client.close()
+
+    amqp_only = await ExecutionClient(amqp, topology_spec).start()
+    try:
+        with pytest.raises(ClientError, match="valkey_url"):
+            await amqp_only.get_result("looked-up")
+    finally:
+        await amqp_only.close()
 
     env = cli_env(amqp_url, topology_spec, DAGGER_ADAPTER_VALKEY_URL=valkey_url)
     ran = await run_cli("results", "get", "looked-up", "--json", env=env)
