@@ -1,13 +1,12 @@
-"""``python -m bench [codec|worker ...]``: print each benchmark's figures and its ratio to the
-baseline measured in the same run.
+"""``python -m bench [overhead] [codec] [--quick] [--json]``: the benchmarks, each figure a ratio
+against a baseline measured in the same run (``bench/README.md``).
 
-- ``codec`` (default): per-call times; its ratios are time ratios (below 1 means faster than the
-  baseline). Takes a few seconds, needs nothing.
-- ``worker`` (on request only: about 80 s at its defaults on 2 cores, and it needs RabbitMQ):
-  end-to-end commands/s through the real worker against a bare consumer on the same broker and
-  engine (``bench/worker.py``); its ``ratio`` is a throughput ratio (above 1 means faster than the
-  baseline). RabbitMQ from ``DAGGER_ADAPTER_AMQP_URL`` (default 127.0.0.1:5672), loopback only.
-  ``python -m bench worker --commands 100 --rounds 1`` is a quick look; ``all`` runs everything.
+- ``overhead`` (default): our worker against a raw aio-pika loop on the same broker: cache hit,
+  trivial execution through the SDK, idle round trip, and capacity (1,000 executions of 5 s in
+  one worker). Needs RabbitMQ (``DAGGER_ADAPTER_AMQP_URL``, default 127.0.0.1:5672, loopback
+  only); starts its own Valkey (or uses ``DAGGER_ADAPTER_VALKEY_URL``) and test engine. About
+  2-4 minutes on 2 cores; ``--quick`` is a smaller run of the same scenarios.
+- ``codec``: decoding and validating a command with msgspec against a bare ``json.loads``.
 """
 
 from __future__ import annotations
@@ -15,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from bench import codec
 
-ALL = ("codec", "worker")
-DEFAULT = ("codec",)
+ALL = ("overhead", "codec")
 
 
 def positive(text: str) -> int:
@@ -30,39 +29,44 @@ def positive(text: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("which", nargs="*", help=f"benchmarks: {', '.join(ALL)} or all (default: overhead)")
+    parser.add_argument("--json", action="store_true", help="figures as JSON on stdout")
+    parser.add_argument("--quick", action="store_true", help="fewer commands (a look, not a record)")
+    parser.add_argument("--commands", type=positive, default=None, help="overhead: commands of the raw loop (2000)")
+    parser.add_argument("--capacity", type=positive, default=None, help="overhead: executions held at once (1000)")
     parser.add_argument(
-        "which", nargs="*", help=f"benchmarks to run: {', '.join(ALL)} or all (default: {', '.join(DEFAULT)})"
+        "--skip", action="append", default=[], choices=("cache", "trivial", "capacity"), help="overhead: skip one"
     )
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--commands", type=positive, default=None, help="worker: commands per round (default 300)")
-    parser.add_argument("--concurrency", type=positive, default=None, help="worker: prefetch = concurrency (default 8)")
-    parser.add_argument("--rounds", type=positive, default=None, help="worker: timed rounds per side (default 2)")
+    parser.add_argument("--profile", type=Path, default=None, help="overhead: py-spy profiles of the worker into DIR")
     args = parser.parse_args()
     unknown = sorted(set(args.which) - {*ALL, "all"})
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(ALL)}, all)")
-    which = ALL if "all" in args.which else (args.which or DEFAULT)
-    results: dict[str, dict[str, float]] = {}
-    if "codec" in which:
-        results["codec"] = codec.run()
-    if "worker" in which:
-        from bench import worker
+    which = ALL if "all" in args.which else (args.which or ("overhead",))
+    results: dict[str, dict[str, dict[str, float]] | dict[str, float]] = {}
+    text: list[str] = []
+    if "overhead" in which:
+        from bench import overhead
         from bench.services import Unavailable
 
-        options = {"n": args.commands, "concurrency": args.concurrency, "rounds": args.rounds}
+        sizes = {"n": 400, "trivial_n": 60, "capacity": 200} if args.quick else {}
+        if args.commands:
+            sizes["n"] = args.commands
+        if args.capacity:
+            sizes["capacity"] = args.capacity
         try:
-            results["worker"] = worker.run(**{k: v for k, v in options.items() if v is not None})
+            figures = overhead.run(**sizes, skip=args.skip, profile_dir=args.profile)
         except Unavailable as exc:
-            sys.exit(f"bench worker: {exc}")
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for name, figures in results.items():
-        print(f"[{name}]")
-        width = max(map(len, figures))
-        for key, value in figures.items():
-            print(f"  {key:{width}} {value:10.3f}")
+            sys.exit(f"bench: {exc}")
+        results["overhead"] = figures
+        text.append("[overhead] ratios against a raw aio-pika loop in this run\n" + overhead.render(figures))
+    if "codec" in which:
+        figures_codec = codec.run()
+        results["codec"] = figures_codec
+        width = max(map(len, figures_codec))
+        text.append("[codec]\n" + "\n".join(f"  {k:{width}} {v:10.3f}" for k, v in figures_codec.items()))
+    print(json.dumps(results, indent=2) if args.json else "\n\n".join(text))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,10 @@ class DaggerAdapter(AgentAdapter):
         self._retry = RetryHandler(self.retry_policy)
         self._breaker = EngineCircuitBreaker(cfg.breaker_failure_threshold, cfg.breaker_reset_seconds)
         self._engine = DaggerEngine(
-            connect_timeout=cfg.engine_connect_timeout_seconds, execute_timeout=cfg.timeout_seconds
+            connect_timeout=cfg.engine_connect_timeout_seconds,
+            execute_timeout=cfg.timeout_seconds,
+            # An execution has a request or two open at once (workflow steps run concurrently).
+            max_connections=max(100, 2 * cfg.max_concurrent_executions),
         )
         self._cache = CacheManager(
             url=cfg.valkey_url,

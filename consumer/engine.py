@@ -24,12 +24,22 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagger
+import dagger.client._session as sdk_session
 import gql
 import httpx
+from dagger._exceptions import _query_error_from_transport
+from gql.transport.exceptions import (
+    TransportClosed,
+    TransportConnectionFailed,
+    TransportProtocolError,
+    TransportQueryError,
+    TransportServerError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,21 @@ RequestListener = Callable[[float, int], None]
 # (setSecret(plaintext: ...)), so those loggers must never print, whatever the log level.
 for _name in ("gql.transport.httpx", "gql.transport.common.base", "gql.client", "gql.dsl"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+# An exec's three results in one request, instead of sync + exitCode + stdout + stderr (four).
+# Fixed text: the container travels as a variable (its engine ID), never as message text.
+EXEC_OUTPUT_QUERY = gql.gql(
+    "query ExecOutput($id: ID!) { node(id: $id) { ... on Container { exitCode stdout stderr } } }"
+)
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    exit_code: int
+    stdout: str
+    stderr: str
+    container: dagger.Container  # the container after the exec, by its ID (as ``sync`` returns it)
 
 
 class _Generation:
@@ -55,9 +80,13 @@ class _Generation:
 
 
 class DaggerEngine:
-    def __init__(self, *, connect_timeout: float, execute_timeout: float) -> None:
+    def __init__(self, *, connect_timeout: float, execute_timeout: float, max_connections: int = 100) -> None:
         self._connect_timeout = connect_timeout
         self._execute_timeout = execute_timeout
+        # The SDK's HTTP pool (httpx's default: 100 connections, 20 kept alive) queues every
+        # request past its size, and with many executions the queue's bookkeeping eats the
+        # worker's CPU; sized to the executions in flight, nothing waits for a connection.
+        self.max_connections = max_connections
         self._current: _Generation | None = None
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
@@ -81,7 +110,8 @@ class DaggerEngine:
                 return current
             connection = dagger.Connection(self._config())
             try:
-                client = await connection.__aenter__()
+                with _http_pool(self.max_connections):
+                    client = await connection.__aenter__()
             except BaseException:
                 with contextlib.suppress(Exception):
                     await connection.close()  # type: ignore[no-untyped-call]
@@ -183,6 +213,37 @@ class EngineSession:
     def discard(self) -> None:
         self._engine.discard(self._generation)
 
+    async def exec_output(self, container: dagger.Container) -> ExecOutput:
+        """Run ``container``'s exec and read its exit code, stdout and stderr: two requests (the
+        chain's ID, then one fixed query), where ``sync`` and a request per field take four."""
+        container_id = await container.id()
+        data = await self._execute(EXEC_OUTPUT_QUERY, {"id": container_id})
+        node = data["node"]
+        # Later reads (directories, files) refer to the exec by its ID, as after ``sync``.
+        synced = dagger.Container(self.client._ctx.select_id("Container", container_id))
+        return ExecOutput(exit_code=node["exitCode"], stdout=node["stdout"], stderr=node["stderr"], container=synced)
+
+    async def _execute(self, query: Any, variables: dict[str, Any]) -> dict[str, Any]:
+        """A fixed query through this connection, its failures raised as the SDK raises them
+        (``ExecError``, ``QueryError``, ``TransportError``) so they classify alike."""
+        request = gql.GraphQLRequest(query, variable_values=variables)
+        try:
+            result: dict[str, Any] = await self.client._ctx.conn.session.execute(request)
+        except TransportClosed as exc:
+            raise dagger.TransportError("Connection to engine has been closed.") from exc
+        except (TransportProtocolError, TransportServerError) as exc:
+            raise dagger.TransportError(f"Unexpected response from engine: {exc}") from exc
+        except TransportConnectionFailed as exc:
+            timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
+            message = str(exc) or ("Request timed out." if timed_out else "Failed to execute request")
+            raise dagger.TransportError(message) from exc
+        except TransportQueryError as exc:
+            error = _query_error_from_transport(exc, request)
+            if error is not None:
+                raise error from exc
+            raise
+        return result
+
     async def call_function(self, module_ref: str, function: str, args: dict[str, Any]) -> Any:
         """Call ``function`` of the Dagger module ``module_ref`` with JSON-like ``args``.
 
@@ -208,6 +269,23 @@ class EngineSession:
                 await module.serve()
                 generation.modules[module_ref] = _camel(name)
             return generation.modules[module_ref]
+
+
+@contextlib.contextmanager
+def _http_pool(max_connections: int) -> Iterator[None]:
+    """While a connection opens, the SDK builds its HTTP transport with this pool size: the SDK
+    has no setting for it, so its transport class is swapped for a sized one just then."""
+    original = sdk_session.TelemetryTransport
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+
+    def sized(**kwargs: Any) -> httpx.AsyncHTTPTransport:
+        return original(limits=limits, **kwargs)
+
+    sdk_session.TelemetryTransport = sized  # type: ignore[assignment, misc]
+    try:
+        yield
+    finally:
+        sdk_session.TelemetryTransport = original  # type: ignore[misc]
 
 
 async def _close(generation: _Generation) -> None:

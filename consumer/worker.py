@@ -166,6 +166,7 @@ class Worker:
         self._topology: DeclaredTopology | None = None
         self._consume_channel: AbstractRobustChannel | None = None
         self._reply_channel: AbstractRobustChannel | None = None
+        self._status_exchange: AbstractExchange | None = None
         self._queue: AbstractRobustQueue | None = None
         self._ledger: Ledger | None = None
         self.metrics = WorkerMetrics(worker_id=self.worker_id, version=package_version(), capacity=self.capacity)
@@ -212,6 +213,11 @@ class Worker:
         )
         # Replies go through the default exchange, on a confirming channel of their own.
         self._reply_channel = await self._connection.channel()
+        # Status events and heartbeats are informational: published on a channel without
+        # publisher confirms, so no command waits for a confirm of its own progress report
+        # (one may be lost if the broker fails at that moment; results and retries never are).
+        status_channel = await self._connection.channel(publisher_confirms=False)
+        self._status_exchange = await status_channel.get_exchange(self.spec.status_exchange, ensure=False)
 
         await self.adapter.initialize()
         valkey_url = self.adapter.valkey_url or self.config.valkey_url
@@ -438,7 +444,7 @@ class Worker:
                 log.warning("health file %s not written: %s", self.config.health_file, exc)
         try:
             await self._publish(
-                self._exchanges.status,
+                self._status_events,
                 self.spec.heartbeat_routing_key,
                 self._message(encode(beat)),
                 patience=0,
@@ -795,6 +801,12 @@ class Worker:
         return self._topology
 
     @property
+    def _status_events(self) -> AbstractExchange:
+        if self._status_exchange is None:
+            raise RuntimeError("the worker has not started")
+        return self._status_exchange
+
+    @property
     def _reply_exchange(self) -> AbstractExchange:
         if self._reply_channel is None:
             raise RuntimeError("the worker has not started")
@@ -894,7 +906,7 @@ class Worker:
         """Status events are informational: one that cannot be published is logged, never fatal."""
         try:
             await self._publish(
-                self._exchanges.status,
+                self._status_events,
                 self.spec.status_routing_key(event.state.value),
                 self._message(encode(event), headers={h.TASK_ID: event.task_id}),
                 patience=STATUS_PATIENCE_SECONDS,

@@ -255,11 +255,13 @@ async def _run_chain(plan: PipelinePlan, ctx: RunContext, result: dict[str, Any]
     ctx.progress(step, "started", f"{len(plan.operations)} operations")
     started = time.monotonic()
     try:
-        ctr = await ctr.sync()
         if ran_exec:
-            result["exit_code"] = await ctr.exit_code()
-            result["stdout"] = ctx.redact(tail(await ctr.stdout()))
-            result["stderr"] = ctx.redact(tail(await ctr.stderr()))
+            output = await ctx.session.exec_output(ctr)
+            result["exit_code"] = output.exit_code
+            result["stdout"] = ctx.redact(tail(output.stdout))
+            result["stderr"] = ctx.redact(tail(output.stderr))
+        else:
+            await ctr.sync()
         exported = []
         for export in plan.exports:
             source = at[export.after - 1]

@@ -305,8 +305,8 @@ async def _run_step(
     ctx.progress(step.name, "started", None)
     started = time.monotonic()
     try:
-        ctr = await ctr.sync()
-        exit_code, stdout, stderr = await asyncio.gather(ctr.exit_code(), ctr.stdout(), ctr.stderr())
+        output = await ctx.session.exec_output(ctr)
+        ctr, exit_code, stdout, stderr = output.container, output.exit_code, output.stdout, output.stderr
     except Exception as exc:
         out["status"] = "failed"
         out["duration_ms"] = _ms_since(started)

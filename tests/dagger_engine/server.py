@@ -20,6 +20,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for a slow exec to finish
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of new connections (hundreds of executions
+    # starting at once) would overflow it, and SYN retries turn into connect timeouts.
+    request_queue_size = 1024
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that went away mid-response is expected (refuse(), stop())
