@@ -317,7 +317,10 @@ class Worker:
 
     def _start_telemetry(self) -> None:
         """Traces (exporters from OTEL_*), metrics hooked to the adapter, ``/metrics`` when configured."""
-        tracing.configure_tracing(dagger_sdk=True)
+        try:
+            tracing.configure_tracing(dagger_sdk=True)
+        except tracing.TracingConfigError as exc:
+            raise StartupFailed(str(exc)) from None
         self.metrics.follow(
             in_flight=lambda: self.in_flight,
             executing=lambda: self.adapter.current_load,

@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -251,7 +254,7 @@ async def test_a_malformed_traceparent_is_ignored_and_the_command_runs_in_a_trac
     dagger_engine: TestEngine,
     spans: Callable[[str], list[ReadableSpan]],
 ) -> None:
-    await start_worker()
+    await start_worker()  # traced (the ``spans`` fixture's provider): a command without context gets a trace
     await publish_command(channel, topology_spec, command("odd-trace"), headers=headers)
     await observer.wait_for(lambda: observer.results_for("odd-trace"), 30, "the result")
     (result,) = observer.results_for("odd-trace")
@@ -265,7 +268,20 @@ async def test_a_malformed_traceparent_is_ignored_and_the_command_runs_in_a_trac
     assert traceparent_ids(dagger_engine, result.trace_id)
 
 
-async def test_submit_sends_the_trace_context_of_its_caller(
+async def queued_traceparent(amqp: AbstractRobustConnection, spec: Topology) -> tuple[str, str, Any]:
+    """(trace id, parent span id, tracestate) of the one command waiting in the tasks queue."""
+    channel = await amqp.channel()
+    queue = await channel.get_queue(spec.tasks_queue, ensure=False)
+    message = await queue.get(no_ack=True, fail=True)
+    await channel.close()
+    assert message is not None and message.headers is not None
+    assert decode(message.body, ExecutionCommand).task_id == "cli-traced"
+    version, trace_id, span_id, flags = str(message.headers["traceparent"]).split("-")
+    assert (version, flags) == ("00", "01")
+    return trace_id, span_id, message.headers.get("tracestate")
+
+
+async def test_submit_passes_on_the_trace_context_of_its_caller(
     amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: Any
 ) -> None:
     parent_trace, parent_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
@@ -273,17 +289,72 @@ async def test_submit_sends_the_trace_context_of_its_caller(
     ran = await run_cli("submit", "-", "--task-id", "cli-traced", "--json", env=env, stdin=SUBMITTED)
     assert ran.code == 0, ran.err
     assert ran.json()["trace_id"] == parent_trace
+    # No exporter: nothing is recorded, the caller's context travels on as it came.
+    assert await queued_traceparent(amqp, topology_spec) == (parent_trace, parent_span, "ci=1")
 
-    channel = await amqp.channel()
-    queue = await channel.get_queue(topology_spec.tasks_queue, ensure=False)
-    message = await queue.get(no_ack=True, fail=True)
-    await channel.close()
-    assert message is not None and message.headers is not None
-    version, trace_id, span_id, flags = str(message.headers["traceparent"]).split("-")
-    assert (version, trace_id, flags) == ("00", parent_trace, "01")
-    assert span_id != parent_span  # the CLI's own span, a child of the caller's
-    assert message.headers["tracestate"] == "ci=1"
-    assert decode(message.body, ExecutionCommand).task_id == "cli-traced"
+
+class Collector:
+    """An OTLP/HTTP trace receiver: the spans exporters send it."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        collector = self
+
+        class Receive(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/v1/traces":
+                    request = ExportTraceServiceRequest.FromString(body)
+                    for resource in request.resource_spans:
+                        for scope in resource.scope_spans:
+                            collector.spans.extend((resource.resource, span) for span in scope.spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receive)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    running = Collector()
+    yield running
+    running.close()
+
+
+async def test_submit_exports_its_spans_over_otlp_and_the_command_continues_them(
+    amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: Any, collector: Collector
+) -> None:
+    parent_trace, parent_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    env = cli_env(
+        amqp_url,
+        topology_spec,
+        TRACEPARENT=f"00-{parent_trace}-{parent_span}-01",
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,  # the only OTEL setting: otlp is the default exporter
+    )
+    ran = await run_cli("submit", "-", "--task-id", "cli-traced", "--json", env=env, stdin=SUBMITTED)
+    assert ran.code == 0, ran.err
+    assert ran.json()["trace_id"] == parent_trace
+
+    spans = {span.name: (resource, span) for resource, span in collector.spans}
+    resource, cli_span = spans["dagger-adapter submit"]
+    _, send = spans[f"send {topology_spec.tasks_exchange}"]
+    assert cli_span.trace_id.hex() == send.trace_id.hex() == parent_trace
+    assert cli_span.parent_span_id.hex() == parent_span and send.parent_span_id == cli_span.span_id
+    service = next(a.value.string_value for a in resource.attributes if a.key == "service.name")
+    assert service == "dagger-adapter"
+    # The command carries the send span: the worker's span will be its child.
+    assert await queued_traceparent(amqp, topology_spec) == (parent_trace, send.span_id.hex(), None)
 
 
 SUBMITTED = encode(
@@ -476,3 +547,37 @@ def test_label_values_come_from_the_enums_only() -> None:
     assert category_label(None) == "none" and category_label("permanent") == "permanent"
     assert category_label("made-up") == "unknown"
     assert (status_class(200), status_class(503), status_class(42)) == ("2xx", "5xx", "unknown")
+
+
+async def test_an_exporter_that_is_not_installed_is_a_one_line_start_up_error(
+    amqp_url: str,
+    valkey_url: str,
+    topology_spec: Topology,
+    declared: Any,
+    dagger_engine: TestEngine,
+    tmp_path: Path,
+) -> None:
+    env = cli_env(amqp_url, topology_spec, OTEL_TRACES_EXPORTER="zipkin")
+    ran = await run_cli("submit", "-", "--task-id", "cli-traced", env=env, stdin=SUBMITTED)
+    assert ran.code == 2 and ran.out == ""
+    assert ran.err.strip() == (
+        "dagger-adapter: error: OTEL_TRACES_EXPORTER names the trace exporter 'zipkin', which is not installed "
+        "(installed: otlp over http/protobuf, console)"
+    )
+    settings = worker_settings(
+        amqp_url=amqp_url,
+        valkey_url=valkey_url,
+        spec=topology_spec,
+        work_dir=tmp_path,
+        engine_env={
+            **dagger_engine.session_env(),
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        },
+    )
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        assert await worker.wait(60) == 1
+        assert "the trace exporter 'otlp_proto_grpc', which is not installed" in worker.output()
+    finally:
+        worker.stop()

@@ -11,7 +11,7 @@ from typing import Any
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.command_args import add_command_arguments, command_from
-from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, config_from
+from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, config_from
 from consumer.cli.console import TaskSpinner, notice, print_json, seconds_text, stdout_console
 from consumer.client import ConnectionLost, ExecutionClient
 from consumer.telemetry import tracing
@@ -47,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     command = command_from(args)
-    tracing.configure_tracing()
+    try:
+        tracing.configure_tracing()
+    except tracing.TracingConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
     async def go() -> int:
         async with client_for(config) as client:
