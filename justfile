@@ -40,6 +40,10 @@ topology:
 schema:
     {{bin}}dagger-adapter schema export -o schema-out
 
+# fleet under faults (private RabbitMQ node, Valkey, worker processes); every task id accounted for. --profile short|long
+chaos *args:
+    {{bin}}python -m tests.chaos {{args}}
+
 # run the benchmark (ratio against a baseline in the same process run)
 bench *args:
     {{bin}}python -m bench {{args}}

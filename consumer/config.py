@@ -4,6 +4,7 @@ environment variables. Invalid values fail at start-up, naming the field."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 import uuid
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from schemas import RegistryCredentials
-from topology import Topology
+from topology.spec import Topology
 
 ENV_PREFIX = "DAGGER_ADAPTER_"
 
@@ -60,6 +61,9 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     retry_delay_tiers: list[PositiveFloat] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0])
     # A message delivered this many times without an outcome (workers died on it) is dead-lettered.
     delivery_limit: PositiveInt = 5
+    # Retention of the results stream (every result, readable from a point in time).
+    results_stream_max_age: str = "7D"
+    results_stream_max_bytes: PositiveInt = 5_000_000_000
     # Circuit breaker around the engine.
     breaker_failure_threshold: PositiveInt = 5
     breaker_reset_seconds: PositiveFloat = 30.0
@@ -67,6 +71,9 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     engine_connect_timeout_seconds: PositiveFloat = 10.0
     # How long a running task's lease in Valkey lives without renewal (another worker may take it over).
     lease_seconds: PositiveFloat = 30.0
+    # How long a finished task's outcome is kept in Valkey: a duplicate of the task arriving within
+    # it is answered with the stored result instead of running again. Days, not the cache's hours.
+    idempotency_ttl_seconds: PositiveInt = 7 * 86400
     log_level: str = "INFO"
     # The worker rewrites this file with its latest heartbeat every heartbeat interval, so a
     # container probe can run `dagger-adapter health` without reaching RabbitMQ.
@@ -86,6 +93,8 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
             check_amqp_url(self.amqp_url)
         except ValueError as exc:
             raise ValueError(f"amqp_url: {exc}") from None
+        if not re.fullmatch(r"[1-9][0-9]*[YMDhms]", self.results_stream_max_age):
+            raise ValueError("results_stream_max_age: a number and one of Y, M, D, h, m, s (e.g. 7D, 12h)")
 
     def __repr__(self) -> str:
         return "DaggerAdapterConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
@@ -218,4 +227,6 @@ def topology_for(config: DaggerAdapterConfig) -> Topology:
         prefix=config.topology_prefix,
         retry_delays_seconds=tuple(config.retry_delay_tiers),
         delivery_limit=config.delivery_limit,
+        results_stream_max_age=config.results_stream_max_age,
+        results_stream_max_bytes=config.results_stream_max_bytes,
     )

@@ -6,19 +6,28 @@
   (a new ``x-replay-id``).
 - A *lease* (``SET NX PX``) marks a task as running on one worker. The running worker renews it
   every third of its lifetime; when that worker dies the lease expires and another one takes over.
+  Taking a lease also increments the task's *fence*: the lease's fencing token.
+- An outcome is recorded by one script (``_RECORD``): only by the holder of the latest fence (a
+  worker whose lease lapsed and was taken over is refused), and only when the task has no final
+  outcome yet (a dead-lettered failure gives way to a replay). So the first final outcome of a task
+  is the only one, fleet-wide; a refused worker publishes nothing.
+- Whether the outcome has been published is a key of its own, set after the broker confirmed it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import time
 import uuid
 from types import TracebackType
 
 import msgspec
 import valkey.asyncio as valkey
 
+from consumer.embedded_valkey import CLIENT_NAME
 from schemas import ExecutionResult
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,35 @@ if not holder then
   return 1
 end
 return 0
+"""
+# Take the lease and the next fencing token in one step.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local fence = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return fence
+end
+return 0
+"""
+# KEYS: outcome, fence, published. ARGV: our fence, the record, its TTL (ms), the replay id ('' for none).
+# Returns {2, existing record} when another outcome stands, {0} when fenced out (a later lease was
+# taken), {1} when recorded.
+_RECORD = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  local ok, record = pcall(cjson.decode, existing)
+  local replayed = ok and type(record) == 'table' and type(record.result) == 'table'
+    and record.result.success == false and ARGV[4] ~= '' and record.replay_id ~= ARGV[4]
+  if not replayed then
+    return {2, existing}
+  end
+end
+if tonumber(redis.call('GET', KEYS[2]) or '-1') ~= tonumber(ARGV[1]) then
+  return {0}
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3])
+return {1}
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -56,6 +94,14 @@ class StoredOutcome(msgspec.Struct, kw_only=True):
     replay_id: str | None = None
 
 
+class Recorded(enum.Enum):
+    """What became of ``Ledger.record_first``."""
+
+    RECORDED = "recorded"  # ours is the task's outcome
+    FENCED = "fenced"  # our lease lapsed and a later one was taken: ours is not the outcome
+    EXISTS = "exists"  # the task already had a final outcome: it stands
+
+
 class Ledger:
     def __init__(self, client: valkey.Valkey, *, namespace: str, lease_seconds: float, outcome_ttl_seconds: float):
         self._client = client
@@ -63,13 +109,17 @@ class Ledger:
         self.lease_ms = max(1, round(lease_seconds * 1000))
         self._outcome_ttl_ms = max(1, round(outcome_ttl_seconds * 1000))
         self._renew = client.register_script(_RENEW)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._record = client.register_script(_RECORD)
         self._release = client.register_script(_RELEASE)
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(StoredOutcome)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str, lease_seconds: float, outcome_ttl_seconds: float) -> Ledger:
-        client = valkey.from_url(url, socket_timeout=10, socket_connect_timeout=10)  # type: ignore[no-untyped-call]
+        client = valkey.from_url(  # type: ignore[no-untyped-call]
+            url, socket_timeout=10, socket_connect_timeout=10, client_name=CLIENT_NAME
+        )
         return cls(client, namespace=namespace, lease_seconds=lease_seconds, outcome_ttl_seconds=outcome_ttl_seconds)
 
     async def ping(self) -> None:
@@ -83,29 +133,55 @@ class Ledger:
 
     # --- outcomes ---
     async def outcome(self, task_id: str) -> StoredOutcome | None:
-        raw = await self._client.get(self._key("outcome", task_id))
+        raw, published = await self._client.mget(self._key("outcome", task_id), self._key("published", task_id))
         if raw is None:
             return None
         try:
-            return self._decoder.decode(raw)
+            stored = self._decoder.decode(raw)
         except msgspec.DecodeError:
             log.warning("unreadable ledger record ignored", extra={"ledger_task": task_id})
             return None
+        return msgspec.structs.replace(stored, published=True) if published is not None else stored
 
-    async def record(self, outcome: StoredOutcome) -> None:
-        await self._client.set(
-            self._key("outcome", outcome.result.task_id), self._encoder.encode(outcome), px=self._outcome_ttl_ms
+    async def record_first(self, outcome: StoredOutcome, *, fence: int) -> tuple[Recorded, StoredOutcome | None]:
+        """Record ``outcome`` as its task's final outcome, atomically: only under fence ``fence``
+        and only when none stands. With ``EXISTS`` comes the outcome that stands."""
+        task_id = outcome.result.task_id
+        reply = await self._record(
+            keys=[self._key("outcome", task_id), self._key("fence", task_id), self._key("published", task_id)],
+            args=[
+                fence,
+                self._encoder.encode(msgspec.structs.replace(outcome, published=False)),
+                self._outcome_ttl_ms,
+                outcome.replay_id or "",
+            ],
         )
+        code = int(reply[0])
+        if code == 1:
+            return Recorded.RECORDED, None
+        if code == 0:
+            return Recorded.FENCED, None
+        try:
+            return Recorded.EXISTS, self._decoder.decode(reply[1])
+        except msgspec.DecodeError:
+            return Recorded.EXISTS, None
 
     async def mark_published(self, outcome: StoredOutcome) -> None:
-        await self.record(msgspec.structs.replace(outcome, published=True))
+        await self._client.set(
+            self._key("published", outcome.result.task_id), outcome.message_id or "", px=self._outcome_ttl_ms
+        )
 
     # --- leases ---
     async def try_lease(self, task_id: str, owner: str) -> Lease | None:
         """The lease of ``task_id`` for ``owner``, or None when someone holds it already."""
         token = f"{owner}:{uuid.uuid4().hex}"
-        acquired = await self._client.set(self._key("lease", task_id), token, nx=True, px=self.lease_ms)
-        return Lease(self, task_id, token) if acquired else None
+        fence = int(
+            await self._acquire(
+                keys=[self._key("lease", task_id), self._key("fence", task_id)],
+                args=[token, self.lease_ms, self._outcome_ttl_ms],
+            )
+        )
+        return Lease(self, task_id, token, fence) if fence else None
 
     async def lease_remaining(self, task_id: str) -> float:
         """Seconds until the current lease of ``task_id`` expires (0 when there is none)."""
@@ -126,11 +202,15 @@ class Ledger:
 class Lease:
     """A held lease; ``async with lease:`` keeps renewing it and releases it at the end."""
 
-    def __init__(self, ledger: Ledger, task_id: str, token: str) -> None:
+    def __init__(self, ledger: Ledger, task_id: str, token: str, fence: int) -> None:
         self._ledger = ledger
         self.task_id = task_id
         self.token = token
-        self.lost = False  # set when a renewal found the lease taken over (we were too slow)
+        self.fence = fence  # the fencing token: an outcome is recorded only under the latest one
+        # Set when a renewal found the lease taken over, or none succeeded for a whole lease
+        # lifetime (Valkey unreachable): the task may be running elsewhere now.
+        self.lost = False
+        self._renewed_at = time.monotonic()
         self._renewer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Lease:
@@ -161,5 +241,10 @@ class Lease:
                     self.lost = True
                     log.warning("the task lease expired before it was renewed; another worker may start it")
                     return
+                self._renewed_at = time.monotonic()
             except Exception as exc:
                 log.warning("could not renew the task lease: %s", exc)
+                if time.monotonic() - self._renewed_at >= self._ledger.lease_ms / 1000:
+                    self.lost = True
+                    log.warning("the task lease ran out unrenewed; another worker may start it")
+                    return

@@ -63,12 +63,29 @@ def _trace_id() -> str | None:
     return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
 
 
+# The AMQP client libraries log a dropped connection or channel at ERROR (with a traceback) while
+# their robust connection reconnects, and the worker carries on: for an operator that is a warning.
+_RECONNECTING_LIBRARIES = ("aio_pika", "aiormq")
+
+
+class LibraryReconnectErrors(logging.Filter):
+    """Write the AMQP libraries' ERROR records as WARNING, without the traceback (the worker
+    reports what the outage means for it: paused, reconnected, a publish retried)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.name.split(".")[0] in _RECONNECTING_LIBRARIES:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging(level: str = "INFO", *, worker_id: str | None = None, stream: TextIO | None = None) -> None:
     """Send every logger's records, as JSON lines, to ``stream`` (stderr) at ``level``."""
     if worker_id is not None:
         worker_id_var.set(worker_id)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(LibraryReconnectErrors())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

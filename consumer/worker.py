@@ -20,6 +20,11 @@ task already finished -> lease (a task running elsewhere is postponed, not start
 final failure is recorded in the ledger, published (dead letter, result, reply) and only then acked;
 a retryable failure goes to a delayed retry queue carrying the attempt count. Every publish is
 confirmed by the broker; a message is acked only after its outcome is out.
+
+What happens to a delivery (finish, retry after N s, postpone, put back; what the ledger's record
+means for it) is decided in ``consumer.decisions`` from plain values; ``Worker._carry_out`` makes
+the AMQP calls that carry the decision out. An outcome is recorded only as the task's first, under
+the lease's fencing token (``consumer.ledger``): a worker whose lease was taken over publishes nothing.
 """
 
 from __future__ import annotations
@@ -48,8 +53,22 @@ from valkey.exceptions import ValkeyError
 
 from consumer.broker import BrokerUnavailable, connect_broker
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
+from consumer.decisions import (
+    PUT_BACK_DELAY_SECONDS,
+    Disposition,
+    Finish,
+    LedgerAnswer,
+    Postpone,
+    PutBack,
+    Retry,
+    after_attempt,
+    answer_from_ledger,
+    leased_elsewhere,
+    open_circuit,
+    replaced_by_replay,
+)
 from consumer.health import write_health_file
-from consumer.ledger import Ledger, StoredOutcome
+from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import task_context, worker_id_var
 from consumer.telemetry import tracing
 from consumer.telemetry.metrics import WorkerMetrics
@@ -67,10 +86,11 @@ from schemas import (
     decode_command,
     encode,
     peek,
+    result_message_id,
     utcnow,
 )
 from schemas import headers as h
-from topology import DeclaredTopology, declare
+from topology.declaring import DeclaredTopology, declare
 from topology.spec import RETRY_ROUTING_PREFIX
 
 if TYPE_CHECKING:
@@ -84,11 +104,7 @@ PUBLISH_PATIENCE_SECONDS = 60.0
 STATUS_PATIENCE_SECONDS = 10.0
 # After the drain timeout, how long cancelled executions get to requeue their commands.
 SETTLE_GRACE_SECONDS = 10.0
-# A command we could not handle (Valkey down, a defect) waits this long before it is looked at again.
-REQUEUE_DELAY_SECONDS = 1.0
 VALKEY_PROBE_SECONDS = 1.0
-# The shortest wait before a postponed command (task leased elsewhere, circuit open) is looked at again.
-MIN_POSTPONE_SECONDS = 0.2
 
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
@@ -115,6 +131,9 @@ class Delivery:
     attempts_before: int  # attempts already made (``x-attempts``; 0 for a fresh command)
     message_id: str | None
     replay_id: str | None
+    # Standard AMQP request/reply properties; they win over the command's body fields.
+    reply_to: str | None = None
+    correlation_id: str | None = None
 
     @classmethod
     def of(cls, message: AbstractIncomingMessage) -> Delivery:
@@ -127,6 +146,8 @@ class Delivery:
             attempts_before=attempts,
             message_id=message.message_id,
             replay_id=replay.decode() if isinstance(replay, bytes) else (str(replay) if replay else None),
+            reply_to=_short_text(message.reply_to),
+            correlation_id=_short_text(message.correlation_id),
         )
 
     @property
@@ -230,15 +251,25 @@ class Worker:
             valkey_url,
             namespace=self.spec.prefix,
             lease_seconds=self.config.lease_seconds,
-            outcome_ttl_seconds=max(self.config.cache_ttl_seconds, 86400),
+            outcome_ttl_seconds=self.config.idempotency_ttl_seconds,
         )
-        try:
-            await self._ledger.ping()
-        except ValkeyError as exc:
-            raise StartupFailed(f"cannot reach Valkey at {redact_url(valkey_url)}: {exc}") from None
         self.adapter.add_circuit_listener(self._on_circuit_change)
 
         start_up_pause: list[asyncio.Task[None]] = []
+        try:
+            await self._ledger.ping()
+        except ValkeyError as exc:
+            # Like a missing engine: stay up (not ready), consume once Valkey answers.
+            log.warning(
+                "Valkey at %s not reachable at start-up (%s): not consuming until it is", redact_url(valkey_url), exc
+            )
+            start_up_pause.append(
+                asyncio.create_task(
+                    self._pause_until("valkey", self._valkey_answers, VALKEY_PROBE_SECONDS),
+                    name="valkey-start-up-pause",
+                )
+            )
+            await asyncio.sleep(0)
         if not self.adapter.get_status().engine_connected:
             # No engine yet: wait for one instead of spending every command's attempts (and the
             # breaker's threshold) on it. The pause registers itself before its first await, so
@@ -413,15 +444,13 @@ class Worker:
         commands through the queue (where the delivery limit would dead-letter them)."""
         if "valkey" not in self._paused_for and self._ledger is not None:
             log.warning("Valkey error: %s", exc)
-            ledger = self._ledger
-
-            async def valkey_answers() -> bool:
-                await ledger.ping()
-                return True
-
             with task_context(None):  # the pause is the worker's, not the task's that ran into it
-                pause = asyncio.create_task(self._pause_until("valkey", valkey_answers, VALKEY_PROBE_SECONDS))
+                pause = asyncio.create_task(self._pause_until("valkey", self._valkey_answers, VALKEY_PROBE_SECONDS))
             self._background.append(pause)
+
+    async def _valkey_answers(self) -> bool:
+        await self._require_ledger().ping()
+        return True
 
     # ================================================================ heartbeat
 
@@ -498,51 +527,91 @@ class Worker:
             # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
             # delivery limit dead-letters a command that keeps failing this way.
             log.exception("could not handle a command; requeueing it")
-            await asyncio.sleep(REQUEUE_DELAY_SECONDS)
+            await asyncio.sleep(PUT_BACK_DELAY_SECONDS)
             await self._settle(delivery, requeue=True)
 
     async def _put_back(self, delivery: Delivery, why: str, *, reason: str = "stopping") -> None:
-        """The command goes back to the queue as the same attempt, through a retry tier: a requeue
-        would count a delivery, and the delivery limit would dead-letter a command that was only
-        interrupted (Valkey down, a drain, rolling restarts)."""
-        try:
-            await self._send_to_retry(delivery, REQUEUE_DELAY_SECONDS, attempts=delivery.attempts_before)
-            self.metrics.command_postponed(reason)
-            tracing.set_outcome("put_back")
-            log.info("command put back: %s", why)
-            await self._settle(delivery)
-        except Exception as exc:
-            log.warning("could not put the command back (%s); requeueing it", exc)
-            await asyncio.sleep(REQUEUE_DELAY_SECONDS)
-            await self._settle(delivery, requeue=True)
+        await self._carry_out(delivery, None, PutBack(why, reason=reason))
 
     async def _process(self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool) -> None:
         await self._status(command, TaskState.RECEIVED, delivery.attempt)
         if await self._answer_from_ledger(delivery, command, leased=False):
             return
         if self._stopping:
-            await self._put_back(delivery, "the worker is stopping")
+            await self._carry_out(delivery, command, PutBack("the worker is stopping"))
             return
         async with self._slots:
             if self._stopping:
-                await self._put_back(delivery, "the worker is stopping")
+                await self._carry_out(delivery, command, PutBack("the worker is stopping"))
                 return
-            lease = await self._require_ledger().try_lease(command.task_id, self.worker_id)
+            ledger = self._require_ledger()
+            lease = await ledger.try_lease(command.task_id, self.worker_id)
             if lease is None:
-                await self._postpone_leased(delivery, command)
+                log.info("task is running elsewhere", extra={"holder": await ledger.lease_holder(command.task_id)})
+                await self._carry_out(
+                    delivery, command, leased_elsewhere(await ledger.lease_remaining(command.task_id))
+                )
                 return
             async with lease:
                 # Finished by someone else between our first look and our lease?
                 if await self._answer_from_ledger(delivery, command, leased=True):
                     return
                 if self.adapter.circuit_state == "open":
-                    await self._postpone_open_circuit(delivery, command)
+                    await self._carry_out(delivery, command, open_circuit(self.config.breaker_reset_seconds))
                     return
                 result = await self._execute(command, delivery)
                 if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
-                    await self._put_back(delivery, "cancelled by the drain timeout")
+                    await self._carry_out(delivery, command, PutBack("cancelled by the drain timeout"))
                     return
-                await self._route(delivery, command, result, enable_retry=enable_retry)
+                disposition = after_attempt(
+                    result,
+                    attempt=delivery.attempt,
+                    policy=self.adapter.retry_policy,
+                    enable_retry=enable_retry,
+                    breaker_reset_seconds=self.config.breaker_reset_seconds,
+                )
+                await self._carry_out(delivery, command, disposition, lease=lease)
+
+    async def _carry_out(
+        self,
+        delivery: Delivery,
+        command: ExecutionCommand | None,
+        disposition: Disposition,
+        *,
+        lease: Lease | None = None,
+    ) -> None:
+        """The AMQP side of a decision (``consumer.decisions``); the message is settled last."""
+        match disposition:
+            case Finish(result=result):
+                assert command is not None and lease is not None
+                await self._finish(delivery, command, result, lease)
+            case Retry(delay_seconds=delay, attempts=attempts, detail=detail, error_category=category):
+                assert command is not None
+                await self._send_to_retry(delivery, delay, attempts=attempts)
+                self.metrics.retried(command.execution_type, category)
+                tracing.set_outcome("retried")
+                await self._status(command, TaskState.RETRYING, delivery.attempt, detail=detail)
+                log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": detail})
+                await self._settle(delivery)
+            case Postpone(delay_seconds=delay, why=why, status_detail=status_detail, reason=reason):
+                await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                self.metrics.command_postponed(reason)
+                tracing.set_outcome("postponed")
+                if status_detail is not None and command is not None:
+                    await self._status(command, TaskState.RETRYING, delivery.attempt, detail=status_detail)
+                log.info("postponed: %s", why, extra={"delay_s": round(delay, 3)})
+                await self._settle(delivery)
+            case PutBack(why=why, delay_seconds=delay, reason=reason):
+                try:
+                    await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                    self.metrics.command_postponed(reason)
+                    tracing.set_outcome("put_back")
+                    log.info("command put back: %s", why)
+                    await self._settle(delivery)
+                except Exception as exc:
+                    log.warning("could not put the command back (%s); requeueing it", exc)
+                    await asyncio.sleep(delay)
+                    await self._settle(delivery, requeue=True)
 
     async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
         """One attempt through the adapter, with ``heartbeat`` status events while it runs.
@@ -591,44 +660,39 @@ class Worker:
             await asyncio.sleep(self.config.heartbeat_interval_seconds)
             await self._status(command, TaskState.HEARTBEAT, attempt)
 
-    async def _route(
-        self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult, *, enable_retry: bool
-    ) -> None:
-        if result.success:
-            await self._finish(delivery, command, result)
-            return
-        if _failed_fast_on_open_circuit(result):
-            # The engine was never tried: not an attempt.
-            await self._postpone_open_circuit(delivery, command)
-            return
-        policy = self.adapter.retry_policy
-        if policy.should_retry(result.error_category, delivery.attempt, enabled=enable_retry):
-            await self._retry(delivery, command, result)
-            return
-        if enable_retry and policy.is_retryable(result.error_category):
-            result = msgspec.structs.replace(
-                result, error=f"{result.error} (gave up after {delivery.attempt} attempts)"
-            )
-        await self._finish(delivery, command, result)
-
     # ================================================================ outcomes
 
-    async def _finish(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
+    async def _finish(
+        self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult, lease: Lease
+    ) -> None:
         """A final outcome: recorded (so a copy of the command is answered, not run again), published,
-        then acked."""
-        outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
+        then acked. Recorded only as the task's first final outcome and under our lease's fence;
+        otherwise nothing of ours is published: a task has one result, fleet-wide."""
         ledger = self._require_ledger()
-        earlier = await ledger.outcome(command.task_id)
-        if earlier is not None and not _replaced_by(earlier, delivery):
+        if lease.lost:
+            # Whether another worker took the task over meanwhile is for the fence to say: if none
+            # did, ours is still the only run and its outcome stands.
+            log.warning("the task lease lapsed while the task ran; recording only if no one took it over")
+        outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
+        verdict, _standing = await ledger.record_first(outcome, fence=lease.fence)
+        if verdict is Recorded.EXISTS:
             # Another worker finished this task while we ran it: our lease lapsed (a stall longer
             # than the lease) and it took the task over. The first outcome stands; publishing ours
             # too would give the task two results.
             log.warning("another worker finished this task first; its outcome stands and ours is not published")
             await self._settle(delivery)
             return
-        await ledger.record(outcome)
+        if verdict is Recorded.FENCED:
+            log.warning("another worker took the task over (our lease lapsed); our outcome is not published")
+            await self._carry_out(delivery, command, leased_elsewhere(await ledger.lease_remaining(command.task_id)))
+            return
         await self._publish_outcome(delivery, command, outcome)
-        await ledger.mark_published(outcome)
+        try:
+            await ledger.mark_published(outcome)
+        except ValkeyError as exc:
+            # The outcome is out: acking is right. A redelivered copy would publish it again.
+            log.warning("outcome published but not marked so in Valkey (%s); acking anyway", exc)
+            await self._ledger_failed(exc)
         await self._settle(delivery)
 
     async def _publish_outcome(self, delivery: Delivery, command: ExecutionCommand, outcome: StoredOutcome) -> None:
@@ -647,7 +711,9 @@ class Worker:
                 ),
                 routing_key=self._dead_letter_routing_key(delivery, command.execution_type.value),
             )
-        await self._publish_result(result, command.execution_type.value, command.reply_to, command.correlation_id)
+        await self._publish_result(
+            result, command.execution_type.value, *self._reply_of(delivery, command), outcome.replay_id
+        )
         if result.success:
             await self._status(command, TaskState.SUCCEEDED, result.attempts)
         else:
@@ -663,30 +729,27 @@ class Worker:
         An outcome recorded but not yet published for this very message is finished only under
         the task's lease: without it, the handler that recorded it may still be publishing."""
         stored = await self._require_ledger().outcome(command.task_id)
-        if stored is None:
+        answer = answer_from_ledger(stored, message_id=delivery.message_id, replay_id=delivery.replay_id, leased=leased)
+        if answer is LedgerAnswer.RUN or stored is None:
+            if stored is not None and replaced_by_replay(stored, delivery.replay_id):
+                log.info("replay of a failed task: running it again")
             return False
-        if _replaced_by(stored, delivery):
-            log.info("replay of a failed task: running it again")
-            return False
-        same_message = delivery.message_id is not None and delivery.message_id == stored.message_id
-        if same_message and stored.published:
+        if answer is LedgerAnswer.ACK:
             log.info("redelivered command whose outcome was already published; acking it")
-            answer = "redelivered"
-        elif same_message:
-            if not leased:
-                return False
+            kind = "redelivered"
+        elif answer is LedgerAnswer.PUBLISH_RECORDED:
             log.info("outcome recorded but not published (worker died or lost the broker); publishing it")
             await self._publish_outcome(delivery, command, stored)
             await self._require_ledger().mark_published(stored)
-            answer = "unpublished"
+            kind = "unpublished"
         else:
             log.info("duplicate of a finished task: republishing its stored result")
             await self._publish_result(
-                stored.result, command.execution_type.value, command.reply_to, command.correlation_id
+                stored.result, command.execution_type.value, *self._reply_of(delivery, command), stored.replay_id
             )
-            answer = "duplicate"
-        self.metrics.answered_from_ledger(command.execution_type, answer)
-        tracing.set_outcome(answer)
+            kind = "duplicate"
+        self.metrics.answered_from_ledger(command.execution_type, kind)
+        tracing.set_outcome(kind)
         await self._settle(delivery)
         return True
 
@@ -724,7 +787,11 @@ class Worker:
                 trace_id=tracing.current_trace_id(),
             )
             await self._publish_result(
-                result, execution_type, _text_field(fields, "reply_to"), _text_field(fields, "correlation_id")
+                result,
+                execution_type,
+                delivery.reply_to or _text_field(fields, "reply_to"),
+                delivery.correlation_id or _text_field(fields, "correlation_id"),
+                delivery.replay_id,
             )
             self.metrics.outcome_published(execution_type, result)
             await self._status_event(
@@ -739,41 +806,6 @@ class Worker:
         await self._settle(delivery)
 
     # ================================================================ retries and postponing
-
-    async def _retry(self, delivery: Delivery, command: ExecutionCommand, result: ExecutionResult) -> None:
-        delay = self.adapter.retry_policy.delay_for(delivery.attempt)
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempt)
-        await self._status(
-            command,
-            TaskState.RETRYING,
-            delivery.attempt,
-            detail=f"{result.error_category.value if result.error_category else 'failed'}: {result.error}; "
-            f"retry {delivery.attempt} of {self.adapter.retry_policy.max_retries} in {delay:.1f} s",
-        )
-        self.metrics.retried(command.execution_type, result.error_category)
-        tracing.set_outcome("retried")
-        log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": result.error})
-        await self._settle(delivery)
-
-    async def _postpone_leased(self, delivery: Delivery, command: ExecutionCommand) -> None:
-        """The task runs on a worker holding its lease: look again when that lease could have run out."""
-        ledger = self._require_ledger()
-        delay = max(MIN_POSTPONE_SECONDS, await ledger.lease_remaining(command.task_id))
-        log.info("task is running elsewhere; postponed", extra={"holder": await ledger.lease_holder(command.task_id)})
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
-        self.metrics.command_postponed("leased")
-        tracing.set_outcome("postponed")
-        await self._settle(delivery)
-
-    async def _postpone_open_circuit(self, delivery: Delivery, command: ExecutionCommand) -> None:
-        delay = max(MIN_POSTPONE_SECONDS, self.config.breaker_reset_seconds)
-        await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
-        self.metrics.command_postponed("circuit_open")
-        tracing.set_outcome("postponed")
-        await self._status(
-            command, TaskState.RETRYING, delivery.attempt, detail="engine unavailable (circuit open); not an attempt"
-        )
-        await self._settle(delivery)
 
     async def _send_to_retry(self, delivery: Delivery, delay: float, *, attempts: int) -> None:
         """Back to the tasks queue after ``delay`` seconds, through the smallest retry tier that
@@ -855,22 +887,37 @@ class Worker:
         if not await self._publish(exchange, routing_key, message, mandatory=True):
             raise Unroutable(f"no queue is bound to {exchange.name!r} for {routing_key!r}; the command stays queued")
 
+    @staticmethod
+    def _reply_of(delivery: Delivery, command: ExecutionCommand) -> tuple[str | None, str | None]:
+        """Where the reply goes and its correlation id: the AMQP properties (what every AMQP client
+        sets) win over the command's body fields (for clients that cannot set properties)."""
+        return delivery.reply_to or command.reply_to, delivery.correlation_id or command.correlation_id
+
     async def _publish_result(
-        self, result: ExecutionResult, execution_type: str, reply_to: str | None, correlation_id: str | None
+        self,
+        result: ExecutionResult,
+        execution_type: str,
+        reply_to: str | None,
+        correlation_id: str | None,
+        replay_id: str | None,
     ) -> None:
         body = encode(result)
         correlation = correlation_id or result.task_id
         headers = {h.TASK_ID: result.task_id}
+        # Every copy of this result carries the same id: a consumer recognises a repeated publish.
+        message_id = result_message_id(result.task_id, result.attempts, replay_id)
         await self._publish(
             self._exchanges.results,
             self.spec.result_routing_key(execution_type, result.outcome.value),
-            self._message(body, correlation_id=correlation, headers=headers),
+            self._message(body, correlation_id=correlation, headers=headers, message_id=message_id),
         )
-        if reply_to:
+        if reply_to and self.spec.names_ours(reply_to):
+            log.warning("reply not sent: reply_to %r names a queue of our own topology", reply_to)
+        elif reply_to:
             delivered = await self._publish(
                 self._reply_exchange,
                 reply_to,
-                self._message(body, correlation_id=correlation, headers=headers),
+                self._message(body, correlation_id=correlation, headers=headers, message_id=message_id),
                 mandatory=True,
             )
             if not delivered:
@@ -945,22 +992,10 @@ def _is_being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _replaced_by(stored: StoredOutcome, delivery: Delivery) -> bool:
-    """A stored failure gives way to a replay of its task (a new ``x-replay-id``)."""
-    return not stored.result.success and delivery.replay_id is not None and delivery.replay_id != stored.replay_id
-
-
-def _failed_fast_on_open_circuit(result: ExecutionResult) -> bool:
-    """The adapter refused to call the engine because its circuit is open."""
-    if result.error_category != ErrorCategory.TRANSIENT:
-        return False
-    detail = result.result
-    if isinstance(detail, dict) and detail.get("circuit") == "open":
-        return True
-    error = result.error or ""
-    return "circuit: open" in error or "circuit breaker is open" in error
-
-
 def _text_field(fields: dict[str, Any], name: str) -> str | None:
-    value = fields.get(name)
+    return _short_text(fields.get(name))
+
+
+def _short_text(value: Any) -> str | None:
+    """A usable AMQP short string (reply queue, correlation id), or None."""
     return value if isinstance(value, str) and value and len(value) <= 255 and value.isprintable() else None

@@ -12,6 +12,7 @@ from schemas.messages import (
     ExecutionResult,
     StatusEvent,
     WorkerHeartbeat,
+    result_message_id,
     utcnow,
 )
 from schemas.parameters import (
@@ -51,5 +52,6 @@ __all__ = [
     "encode",
     "parse_parameters",
     "peek",
+    "result_message_id",
     "utcnow",
 ]

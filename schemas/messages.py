@@ -84,6 +84,13 @@ class ExecutionResult(msgspec.Struct, kw_only=True):
         return Outcome.SUCCEEDED if self.success else Outcome.FAILED
 
 
+def result_message_id(task_id: str, attempts: int, replay_id: str | None = None) -> str:
+    """The AMQP ``message_id`` of a task's result: the same for every copy of the same result (a
+    publish repeated after a lost confirm, a result republished to a duplicate command), so a
+    consumer recognises copies; a replay's result (a new run) gets an id of its own."""
+    return f"{task_id}:{attempts}" + (f":{replay_id}" if replay_id else "")
+
+
 class StatusEvent(msgspec.Struct, kw_only=True):
     """A task's progress, on the status exchange as ``task.<state>``."""
 

@@ -108,7 +108,8 @@ async def test_submit_wait_prints_the_result_and_exits_0_on_success(
     assert result.success and result.task_id == "from-yaml"
     # --wait sent a reply address and correlation id with the command.
     sent = decode(responder.seen[0].body, ExecutionCommand)
-    assert sent.reply_to and sent.correlation_id == responder.seen[0].correlation_id
+    assert (responder.seen[0].reply_to or "").startswith("amq.rabbitmq.reply-to.")  # direct reply-to
+    assert sent.correlation_id == responder.seen[0].correlation_id
 
 
 async def test_submit_wait_exits_1_when_the_task_failed(

@@ -124,11 +124,13 @@ async def test_submit_and_wait_returns_the_result_and_sets_reply_fields(
         assert client.waiting == 0
 
     first, second = (decode(m.body, ExecutionCommand) for m in responder.seen)
-    assert first.reply_to and first.reply_to == responder.seen[0].reply_to
+    # Standard AMQP RPC over direct reply-to: RabbitMQ put its own reply name in the property.
+    reply_to = responder.seen[0].reply_to or ""
+    assert reply_to.startswith("amq.rabbitmq.reply-to.") and first.reply_to is None
     assert first.correlation_id and first.correlation_id == responder.seen[0].correlation_id
     assert first.correlation_id != first.task_id  # a fresh id when the caller gives none
     assert second.correlation_id == "mine-2" == responder.seen[1].correlation_id
-    assert second.reply_to == first.reply_to  # one reply queue per client
+    assert responder.seen[1].reply_to == reply_to  # one reply consumer per client
 
 
 async def test_submit_and_wait_reports_a_failure_result(
@@ -175,14 +177,16 @@ async def test_one_thousand_concurrent_submit_and_wait_calls(
         assert client.waiting == 0
     assert [r.task_id for r in results] == [c.task_id for c in commands]
     assert all(r.result == {"echo": r.task_id} for r in results)
-    assert len({m.reply_to for m in responder.seen}) == 1
+    assert len({m.reply_to for m in responder.seen}) == 1  # one direct reply-to consumer
     assert len(responder.seen) == 1000
 
 
-async def publish_result(declared: DeclaredTopology, spec: Topology, result: ExecutionResult) -> None:
+async def publish_result(
+    declared: DeclaredTopology, spec: Topology, result: ExecutionResult, message_id: str | None = None
+) -> None:
     assert result.execution_type is not None
     await declared.results.publish(
-        aio_pika.Message(encode(result), content_type="application/json"),
+        aio_pika.Message(encode(result), content_type="application/json", message_id=message_id),
         routing_key=spec.result_routing_key(result.execution_type.value, result.outcome.value),
     )
 
@@ -211,6 +215,23 @@ async def test_results_are_filtered_by_type_and_outcome_on_the_broker(
             await publish_result(declared, topology_spec, r)
         got = [(await asyncio.wait_for(anext(events), WAIT)).task_id for _ in range(2)]
     assert got == ["b", "d"]
+
+
+async def test_a_repeated_copy_of_a_result_is_dropped_and_counted(
+    amqp_url: str, topology_spec: Topology, declared: DeclaredTopology
+) -> None:
+    """A worker that republishes after a lost confirm, or answers a duplicate command, sends a
+    copy with the same message_id: subscribers see each result once."""
+    workflow = ExecutionType.CONTAINERIZED_WORKFLOW
+    async with (
+        ExecutionClient.connect(amqp_url, topology_spec) as client,
+        client.results() as events,
+    ):
+        for task_id, message_id in (("a", "a:1"), ("a", "a:1"), ("b", "b:1"), ("a", "a:1"), ("a", "a:2")):
+            await publish_result(declared, topology_spec, result(task_id, True, workflow), message_id)
+        got = [(await asyncio.wait_for(anext(events), WAIT)).task_id for _ in range(3)]
+        assert got == ["a", "b", "a"]  # a:1, b:1, a:2 (another attempt's result is not a copy)
+        assert events.duplicates == 2
 
 
 async def test_results_filtered_by_task_id(amqp_url: str, topology_spec: Topology, declared: DeclaredTopology) -> None:
@@ -276,6 +297,13 @@ async def test_status_stream_of_heartbeats_only_binds_only_heartbeats(
 async def test_closing_the_client_releases_its_queues(
     amqp_url: str, amqp: AbstractRobustConnection, topology_spec: Topology, declared: DeclaredTopology
 ) -> None:
+    # The results history stream takes every result: unbound here, so that the client's own
+    # queue is the only one a result can reach.
+    setup = await amqp.channel()
+    history = await setup.declare_queue(topology_spec.results_stream, passive=True)
+    await history.unbind(topology_spec.results_exchange, "#")
+    await setup.close()
+    assert not await _bound(amqp, declared)
     client = await ExecutionClient.connect(amqp_url, topology_spec)
     events = client.results()
     await events.open()
@@ -305,9 +333,9 @@ async def _bound(amqp: AbstractRobustConnection, declared: DeclaredTopology) -> 
 async def test_a_waiting_call_fails_when_the_connection_is_lost(
     amqp: AbstractRobustConnection, amqp_url: str, topology_spec: Topology, declared: DeclaredTopology
 ) -> None:
-    """The reply queue dies with the connection, so a reply may never come: the waiting call
+    """The reply consumer dies with the connection, so a reply may never come: the waiting call
     fails at once instead of waiting out its timeout. Once the robust connection is back, the
-    client works again (its reply queue is declared anew)."""
+    client works again (it consumes direct reply-to anew)."""
     async with BrokerLink(amqp_url) as link, ExecutionClient.connect(link.url, topology_spec) as client:
         waiting = asyncio.create_task(client.submit_and_wait(command(task_id="cut-off"), timeout=300))
         await eventually(lambda: _has_depth(amqp, topology_spec.tasks_queue, 1), what="the command to be queued")

@@ -128,8 +128,9 @@ async def put_delivery_limit_dead_letter(
 
 class Responder:
     """A stand-in for workers that answers every command on the tasks queue per the reply
-    contract (result to ``reply_to`` on the default exchange, AMQP ``correlation_id`` =
-    command.correlation_id or task_id). It tests the client, not the worker."""
+    contract (result to the ``reply_to`` property, else the body field, on the default exchange;
+    AMQP ``correlation_id`` = the property, else command.correlation_id, else task_id). It tests
+    the client, not the worker."""
 
     def __init__(self, connection: AbstractRobustConnection, spec: Topology, succeed: bool = True) -> None:
         self.connection = connection
@@ -160,14 +161,16 @@ class Responder:
             execution_type=cmd.execution_type,
             worker_id="responder",
         )
-        if cmd.reply_to:
+        reply_to = message.reply_to or cmd.reply_to  # the AMQP properties win, as in the worker
+        if reply_to:
             await self.channel.default_exchange.publish(
                 aio_pika.Message(
                     encode(result),
-                    correlation_id=cmd.correlation_id or cmd.task_id,
+                    correlation_id=message.correlation_id or cmd.correlation_id or cmd.task_id,
                     content_type="application/json",
+                    message_id=f"{cmd.task_id}:1",
                 ),
-                routing_key=cmd.reply_to,
+                routing_key=reply_to,
             )
         await message.ack()
 

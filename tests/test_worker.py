@@ -31,7 +31,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from consumer.config import load_config
-from consumer.ledger import Ledger, StoredOutcome
+from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import JsonFormatter
 from consumer.worker import Worker
 from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, decode
@@ -141,6 +141,17 @@ async def ledger_outcome(valkey_url: str, spec: Topology, task_id: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+async def take_over_lease(other: Ledger, task_id: str) -> Lease:
+    """Another worker takes the task's lease, as after a stall of ours longer than the lease."""
+    deadline = time.monotonic() + 10
+    while True:
+        await other._client.delete(other._key("lease", task_id))  # "expired"
+        lease = await other.try_lease(task_id, "other-worker")
+        if lease is not None:
+            return lease
+        assert time.monotonic() < deadline, "could not take the lease over"
 
 
 async def test_n_commands_in_n_results_out_with_bounded_concurrency(
@@ -457,7 +468,11 @@ async def test_when_another_worker_finished_the_task_first_only_its_outcome_is_p
     other = Ledger.from_url(valkey_url, namespace=topology_spec.prefix, lease_seconds=1, outcome_ttl_seconds=60)
     theirs = ExecutionResult(task_id="taken-over", success=True, result={"stdout": "theirs\n"}, worker_id="other")
     try:
-        await other.record(StoredOutcome(result=theirs, message_id="their-copy", published=True))
+        their_lease = await take_over_lease(other, "taken-over")
+        assert (
+            await other.record_first(StoredOutcome(result=theirs, message_id="their-copy"), fence=their_lease.fence)
+        )[0] is Recorded.RECORDED
+        await other.mark_published(StoredOutcome(result=theirs, message_id="their-copy"))
     finally:
         await other.close()
     release.set()

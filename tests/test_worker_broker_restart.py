@@ -7,11 +7,7 @@ name, ports, data directory, config) and restarts that one.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from consumer.config import load_config
 from consumer.worker import Worker
 from schemas import ExecutionCommand
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
+from tests.support.private_rabbit import RABBIT_BIN, PrivateRabbit
 from tests.support.worker_process import (
     Observer,
     command,
@@ -33,69 +30,6 @@ from tests.support.worker_process import (
 from topology import Topology, declare, queue_depths
 
 pytestmark = pytest.mark.slow
-
-RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRabbit:
-    """A throw-away RabbitMQ node: its own name, ports, data, logs, config and Erlang cookie."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.node = f"rabbit-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.port = _free_port()
-        (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
-        (base / "enabled_plugins").write_text("[].\n")
-        (base / "rabbitmq-env.conf").write_text("")
-        self.env = {
-            **os.environ,
-            "HOME": str(base),  # the Erlang cookie lives here: the CLI and the node share it
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_DIST_PORT": str(_free_port()),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(base / "log"),
-            "RABBITMQ_PID_FILE": str(base / "pid"),
-            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-            "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
-        }
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def _ctl(self, *args: str, timeout: float = 120) -> None:
-        subprocess.run(
-            [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-        )
-
-    def start(self) -> None:
-        subprocess.run([str(RABBIT_BIN / "rabbitmq-server"), "-detached"], env=self.env, check=True, timeout=60)
-        self._ctl("wait", str(self.base / "pid"), "--timeout", "120")
-
-    async def restart(self) -> None:
-        """Stop the broker (every connection drops) and start it again; data is kept."""
-        await asyncio.to_thread(self._ctl, "stop_app")
-        await asyncio.to_thread(self._ctl, "start_app")
-
-    def stop(self) -> None:
-        try:
-            self._ctl("stop", str(self.base / "pid"), timeout=60)
-        except (subprocess.SubprocessError, OSError):
-            pid = (self.base / "pid").read_text().strip() if (self.base / "pid").exists() else ""
-            if pid.isdigit():
-                os.kill(int(pid), 9)
 
 
 @pytest.fixture
@@ -208,3 +142,44 @@ async def test_a_broker_restart_loses_no_command_and_consuming_resumes(
         broker_back.set()
         worker.request_stop()
         await asyncio.wait_for(running, 60)
+
+
+@pytest.mark.parametrize("how", ["node", "app"])
+async def test_a_retry_that_comes_due_while_the_node_is_down_is_not_lost(
+    rabbit: PrivateRabbit, prefix: str, how: str
+) -> None:
+    """The retry tiers dead-letter at least once: an expiry during the restart still reaches the
+    tasks queue (the classic tiers dropped it: "leader not known. Command is dropped")."""
+    spec = Topology(prefix=prefix, retry_delays_seconds=(0.2, 1.0, 5.0), delivery_limit=3)
+    connection = await aio_pika.connect(rabbit.url)
+    declared = await declare(connection, spec)
+    due = [f"due-{i}" for i in range(20)]
+    for task_id in due:  # due in 1-2 s: while the node is stopped
+        await declared.retry.publish(
+            aio_pika.Message(task_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT, expiration=1.5),
+            routing_key=spec.retry_tier_for(1.5).routing_key,
+        )
+    await connection.close()
+    if how == "node":
+        await asyncio.to_thread(rabbit.stop)
+        await asyncio.to_thread(rabbit.start)
+    else:
+        await asyncio.to_thread(rabbit._ctl, "stop_app")
+        await asyncio.sleep(2)  # the retries come due in this window
+        await asyncio.to_thread(rabbit._ctl, "start_app")
+
+    connection = await aio_pika.connect(rabbit.url)
+    try:
+        channel = await connection.channel()
+        tasks = await channel.declare_queue(spec.tasks_queue, passive=True)
+        back: list[str] = []
+
+        async def all_back() -> bool:
+            while (message := await tasks.get(fail=False, no_ack=True)) is not None:
+                back.append(message.body.decode())
+            return len(back) >= len(due)
+
+        await wait_until(all_back, 60, "every retry back in the tasks queue")
+        assert sorted(back) == sorted(due)
+    finally:
+        await connection.close()

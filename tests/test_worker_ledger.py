@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumer.ledger import Lease, Ledger, StoredOutcome
+import consumer.ledger as ledger_module
+from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from schemas import ErrorCategory, ExecutionResult
 
 # Short, so expiry tests are quick; renewal every LEASE/3 leaves slack for a busy 2-core machine.
@@ -41,7 +42,9 @@ async def test_an_outcome_is_stored_and_read_back(ledger: Ledger) -> None:
     assert await ledger.outcome("t-1") is None
 
     stored = StoredOutcome(result=result, message_id="m-1", replay_id="r-1")
-    await ledger.record(stored)
+    lease = await ledger.try_lease("t-1", "worker-a")
+    assert lease is not None
+    assert await ledger.record_first(stored, fence=lease.fence) == (Recorded.RECORDED, None)
     back = await ledger.outcome("t-1")
     assert back is not None
     assert back.result == result and back.message_id == "m-1" and back.replay_id == "r-1"
@@ -92,3 +95,67 @@ async def test_a_stale_lease_holder_does_not_release_the_new_holders_lease(ledge
     await lease_once_expired(ledger, "t-5", "worker-b")
     await stale.release()
     assert await ledger.lease_holder("t-5") == "worker-b"
+
+
+def outcome_of(task_id: str, worker: str, *, success: bool = True, replay_id: str | None = None) -> StoredOutcome:
+    result = ExecutionResult(task_id=task_id, success=success, worker_id=worker)
+    return StoredOutcome(result=result, message_id=f"m-{worker}", replay_id=replay_id)
+
+
+async def test_only_the_first_final_outcome_of_a_task_is_recorded(ledger: Ledger) -> None:
+    lease = await ledger.try_lease("t-6", "worker-a")
+    assert lease is not None
+    assert (await ledger.record_first(outcome_of("t-6", "a"), fence=lease.fence))[0] is Recorded.RECORDED
+    verdict, standing = await ledger.record_first(outcome_of("t-6", "b"), fence=lease.fence)
+    assert verdict is Recorded.EXISTS and standing is not None and standing.result.worker_id == "a"
+    stored = await ledger.outcome("t-6")
+    assert stored is not None and stored.result.worker_id == "a"
+
+
+async def test_a_worker_whose_lease_was_taken_over_is_fenced_out(ledger: Ledger) -> None:
+    stale = await ledger.try_lease("t-7", "worker-a")
+    assert stale is not None
+    fresh = await lease_once_expired(ledger, "t-7", "worker-b")  # a stall longer than the lease
+    assert fresh.fence > stale.fence
+    assert await ledger.record_first(outcome_of("t-7", "a"), fence=stale.fence) == (Recorded.FENCED, None)
+    assert await ledger.outcome("t-7") is None
+    assert (await ledger.record_first(outcome_of("t-7", "b"), fence=fresh.fence))[0] is Recorded.RECORDED
+
+
+async def test_racing_records_of_one_task_leave_exactly_one_outcome(ledger: Ledger) -> None:
+    lease = await ledger.try_lease("t-8", "worker-a")
+    assert lease is not None
+    verdicts = await asyncio.gather(
+        *(ledger.record_first(outcome_of("t-8", f"w{i}"), fence=lease.fence) for i in range(20))
+    )
+    assert [v for v, _ in verdicts].count(Recorded.RECORDED) == 1
+    assert [v for v, _ in verdicts].count(Recorded.EXISTS) == 19
+
+
+async def test_a_replay_replaces_a_recorded_failure_but_never_a_success(ledger: Ledger) -> None:
+    lease = await ledger.try_lease("t-9", "worker-a")
+    assert lease is not None
+    await ledger.record_first(outcome_of("t-9", "a", success=False, replay_id=None), fence=lease.fence)
+    await ledger.mark_published(outcome_of("t-9", "a"))
+    replayed = outcome_of("t-9", "b", success=True, replay_id="r-1")
+    assert (await ledger.record_first(replayed, fence=lease.fence))[0] is Recorded.RECORDED
+    stored = await ledger.outcome("t-9")
+    assert stored is not None and stored.result.success and stored.published is False  # not yet published
+    again = outcome_of("t-9", "c", success=False, replay_id="r-2")
+    assert (await ledger.record_first(again, fence=lease.fence))[0] is Recorded.EXISTS
+
+
+async def test_a_lease_whose_renewals_fail_for_a_whole_lifetime_is_lost(valkey_url: str) -> None:
+    ledger = Ledger.from_url(
+        valkey_url, namespace=f"t{uuid.uuid4().hex[:8]}", lease_seconds=LEASE, outcome_ttl_seconds=60
+    )
+    lease = await ledger.try_lease("t-10", "worker-a")
+    assert lease is not None
+    async with lease:
+        await ledger.close()  # Valkey unreachable from here on: every renewal fails
+        ledger._client = type(ledger._client).from_url("valkey://127.0.0.1:1")  # nothing listens there
+        ledger._renew = ledger._client.register_script(ledger_module._RENEW)
+        deadline = time.monotonic() + 5 * LEASE
+        while not lease.lost:
+            assert time.monotonic() < deadline, "a lease that could not be renewed for its lifetime is not lost"
+            await asyncio.sleep(0.05)

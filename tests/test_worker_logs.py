@@ -60,3 +60,17 @@ def test_passwords_in_urls_never_reach_a_line(captured: io.StringIO) -> None:
     assert first["msg"] == "cannot reach amqp://guest:***@rabbit:5672/"
     assert first["url"] == "redis://:***@valkey:6379/0"
     assert "amqp://admin:***@host/" in str(second["exc"])
+
+
+def test_amqp_library_errors_during_a_reconnect_are_written_as_warnings(captured: io.StringIO) -> None:
+    try:
+        raise ConnectionResetError("Connection reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("aiormq.connection").exception("Unexpected connection close from remote")
+        logging.getLogger("aio_pika.robust_connection").error("Connection attempt failed")
+    logging.getLogger("dagger_adapter.worker").error("ours stays an error")
+
+    aiormq_line, aio_pika_line, ours = lines(captured)
+    assert aiormq_line["level"] == aio_pika_line["level"] == "warning"
+    assert aiormq_line["msg"] == "Unexpected connection close from remote" and "exc" not in aiormq_line
+    assert ours["level"] == "error"

@@ -193,7 +193,12 @@ async def test_start_up_problems_are_told_clearly(spawn: Spawn) -> None:
     )
     assert await worker.wait(60) == 1
     # An execution timeout beyond the broker's consumer_timeout is warned about.
-    (warning,) = [line for line in worker.log_lines() if line["level"] == "warning"]
+    # (The AMQP library's own line about the refused connection is a warning of its own logger.)
+    (warning,) = [
+        line
+        for line in worker.log_lines()
+        if line["level"] == "warning" and line["logger"].startswith("dagger_adapter")
+    ]
     assert "consumer_timeout" in warning["msg"] and "7200" in warning["msg"]
     # An unreachable broker is one line, without the password.
     output = worker.output()
@@ -201,14 +206,7 @@ async def test_start_up_problems_are_told_clearly(spawn: Spawn) -> None:
     last = output.strip().splitlines()[-1]
     assert last.startswith("dagger-adapter: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:")
     assert "Traceback" not in output
-
-    # The same for Valkey (the idempotency ledger), which the worker cannot run without.
-    worker = spawn(valkey_url=f"redis://:hunter2@127.0.0.1:{_unused_port()}/0")
-    assert await worker.wait(60) == 1
-    output = worker.output()
-    assert "hunter2" not in output and "Traceback" not in output
-    last = output.strip().splitlines()[-1]
-    assert last.startswith("dagger-adapter: error: cannot reach Valkey at redis://:***@127.0.0.1:")
+    # Valkey unreachable at start-up is waited for, like the engine: tests/test_worker_fleet.py.
 
 
 def _unused_port() -> int:

@@ -5,18 +5,25 @@ Everything is derived from a prefix (default ``dagger``):
 - ``<p>.tasks``   topic exchange; quorum queue ``<p>.tasks`` bound with ``#``. Publishers use the
   execution type as routing key. ``x-delivery-limit`` dead-letters a message that keeps killing
   workers (at-least-once dead-lettering, which requires ``overflow: reject-publish``).
-- ``<p>.results`` topic exchange, ``<execution_type>.<succeeded|failed>``; pub/sub.
+- ``<p>.results`` topic exchange, ``<execution_type>.<succeeded|failed>``; pub/sub. Every result
+  is also appended to the stream ``<p>.results.history`` (retention by age and size), which a
+  subscriber reads from a point in time: one that was down misses nothing.
 - ``<p>.status``  topic exchange, ``task.<state>`` and ``worker.heartbeat``.
 - ``<p>.dead``    fanout exchange and durable classic queue: the dead-letter queue. Classic, so
   that browsing it (get, then requeue) keeps the order and counts no delivery against a limit.
-- ``<p>.retry``   direct exchange; one classic queue per delay tier ``<p>.retry.<ms>ms`` whose
+- ``<p>.retry``   direct exchange; one quorum queue per delay tier ``<p>.retry.<ms>ms`` whose
   message TTL dead-letters back into ``<p>.tasks``. A waiting retry lives in RabbitMQ, survives a
-  worker crash and holds no consumer slot.
+  worker crash and holds no consumer slot. Quorum with ``at-least-once`` dead-lettering (which needs
+  ``overflow: reject-publish``): an expired retry leaves its tier only once ``<p>.tasks`` has
+  confirmed it, so a retry that comes due while the node restarts is not dropped (a classic queue
+  dead-letters *at most once*). Deployments made with classic tiers are moved over by
+  ``dagger-adapter topology migrate``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +31,12 @@ ExchangeKind = Literal["topic", "direct", "fanout"]
 
 RETRY_ROUTING_PREFIX = "retry"  # routing key of a retried command when it re-enters the tasks exchange
 HEARTBEAT_ROUTING_KEY = "worker.heartbeat"
+
+# Every queue that hands messages on by dead-lettering does it at least once (RabbitMQ 3.10+, quorum).
+AT_LEAST_ONCE_DEAD_LETTERING: dict[str, Any] = {
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,16 @@ class Topology:
     retry_delays_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
     delivery_limit: int = 5
     tasks_queue_arguments: dict[str, Any] = field(default_factory=dict)  # extra x-args, if any
+    results_stream_max_age: str = "7D"  # RabbitMQ's x-max-age: a number and Y, M, D, h, m or s
+    results_stream_max_bytes: int = 5_000_000_000
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[1-9][0-9]*[YMDhms]", self.results_stream_max_age):
+            raise ValueError(
+                f"results stream max age {self.results_stream_max_age!r}: a number and Y, M, D, h, m or s (e.g. 7D)"
+            )
+        if self.results_stream_max_bytes < 1:
+            raise ValueError("results stream max bytes must be positive")
         if not self.retry_delays_seconds:
             raise ValueError("at least one retry delay tier is needed")
         if any(d <= 0 for d in self.retry_delays_seconds):
@@ -79,6 +100,10 @@ class Topology:
         return f"{self.prefix}.results"
 
     @property
+    def results_stream(self) -> str:
+        return f"{self.prefix}.results.history"
+
+    @property
     def status_exchange(self) -> str:
         return f"{self.prefix}.status"
 
@@ -93,6 +118,11 @@ class Topology:
     @property
     def retry_exchange(self) -> str:
         return f"{self.prefix}.retry"
+
+    def names_ours(self, name: str) -> bool:
+        """Whether ``name`` is (or could be) one of our exchanges or queues: a reply destination
+        taken from a message must never be one of them (a reply would inject into our topology)."""
+        return name == self.prefix or name.startswith(self.prefix + ".")
 
     # --- routing keys ---
     @staticmethod
@@ -126,6 +156,11 @@ class Topology:
                 return tier
         return self.retry_tiers[-1]
 
+    @staticmethod
+    def retry_return_routing_key(tier: RetryTier) -> str:
+        """The routing key a retry of ``tier`` re-enters the tasks exchange with."""
+        return f"{RETRY_ROUTING_PREFIX}.{tier.routing_key}"
+
     # --- declarations ---
     @property
     def exchanges(self) -> tuple[ExchangeSpec, ...]:
@@ -145,8 +180,7 @@ class Topology:
                 "x-queue-type": "quorum",
                 "x-delivery-limit": self.delivery_limit,
                 "x-dead-letter-exchange": self.dead_exchange,
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
+                **AT_LEAST_ONCE_DEAD_LETTERING,
                 **self.tasks_queue_arguments,
             },
             ((self.tasks_exchange, "#"),),
@@ -162,14 +196,25 @@ class Topology:
             QueueSpec(
                 tier.queue,
                 {
-                    "x-queue-type": "classic",
+                    "x-queue-type": "quorum",
                     "x-message-ttl": tier.delay_ms,
                     "x-dead-letter-exchange": self.tasks_exchange,
-                    "x-dead-letter-routing-key": f"{RETRY_ROUTING_PREFIX}.{tier.routing_key}",
+                    "x-dead-letter-routing-key": self.retry_return_routing_key(tier),
+                    **AT_LEAST_ONCE_DEAD_LETTERING,
                 },
                 ((self.retry_exchange, tier.routing_key),),
                 f"retries waiting up to {tier.delay_ms} ms",
             )
             for tier in self.retry_tiers
         )
-        return (tasks, dead, *retries)
+        history = QueueSpec(
+            self.results_stream,
+            {
+                "x-queue-type": "stream",
+                "x-max-age": self.results_stream_max_age,
+                "x-max-length-bytes": self.results_stream_max_bytes,
+            },
+            ((self.results_exchange, "#"),),
+            "every result, kept by age and size: read from a point in time",
+        )
+        return (tasks, dead, *retries, history)

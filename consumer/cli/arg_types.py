@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+from datetime import UTC, datetime, timedelta
 
 
 def positive_seconds(text: str) -> float:
@@ -26,3 +28,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(text: str) -> timedelta | datetime:
+    """``90s``, ``30m``, ``1h``, ``7d`` back from now, or an ISO 8601 time (UTC when it names no zone)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration (90s, 30m, 1h, 7d) or an ISO time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

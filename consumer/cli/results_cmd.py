@@ -1,4 +1,4 @@
-"""``dagger-adapter results``: result events as they are published."""
+"""``dagger-adapter results``: result events as they are published, or from the results stream."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 from valkey.exceptions import ValkeyError
 
-from consumer.cli.arg_types import positive_int, positive_seconds
+from consumer.cli.arg_types import positive_int, positive_seconds, since
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.common import (
     EXIT_FAILURE,
@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "results",
         help="show result events as workers publish them",
         description=(
-            "Show result events published from now on (the results exchange is pub/sub: past results "
-            "are not replayed). Without --follow, listens for --for seconds (default "
+            "Show result events published from now on; with --since or --from-start, first the results "
+            "kept in the results stream from then (retention: results_stream_max_age/_max_bytes). Without --follow, listens for --for seconds (default "
             f"{DEFAULT_LISTEN_SECONDS:g}) and exits 0; with --follow, until Ctrl-C. --count N stops after N "
             "events; if --for runs out first, the exit code is 124. A line on stderr says when listening starts. "
             "`results get TASK_ID` instead looks up the result a task already has."
@@ -54,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--type", dest="execution_type", choices=[t.value for t in ExecutionType])
     parser.add_argument("--outcome", choices=[o.value for o in Outcome])
     parser.add_argument("--task-id", help="only this task's results")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--since",
+        type=since,
+        metavar="WHEN",
+        help="start with the results kept since WHEN: 90s, 30m, 1h, 7d back, or an ISO time",
+    )
+    start.add_argument("--from-start", action="store_true", help="start with every result the stream keeps")
     parser.add_argument("--json", action="store_true", help="one JSON result per line")
     parser.set_defaults(handler=run)
     # `results get TASK_ID`: a sub-verb; plain `results [--follow] ...` stays the live stream.
@@ -78,10 +86,20 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with client_for(config) as client:
-            events = client.results(execution_type=args.execution_type, outcome=args.outcome, task_id=args.task_id)
+            events = client.results(
+                execution_type=args.execution_type,
+                outcome=args.outcome,
+                task_id=args.task_id,
+                since="first" if args.from_start else args.since,
+            )
             async with events:
                 until = "Ctrl-C" if args.follow else f"{args.listen:g} s"
-                notice(f"listening for results on {events.exchange} [{', '.join(events.routing_keys)}] ({until})")
+                source = (
+                    f"the results stream {events.stream}"
+                    if events.stream
+                    else f"{events.exchange} [{', '.join(events.routing_keys)}]"
+                )
+                notice(f"listening for results on {source} ({until})")
                 deadline = None if args.follow else time.monotonic() + args.listen
                 seen = 0
                 while args.count is None or seen < args.count:

@@ -20,7 +20,8 @@ from consumer.cli.common import EXIT_OK, config_from
 from consumer.cli.console import ago, notice, print_json, stdout_console
 from consumer.client import Subscription
 from schemas import StatusEvent, WorkerHeartbeat
-from topology import Topology, queue_depths
+from topology import Topology
+from topology.declaring import queue_depths
 
 STALE_AFTER_INTERVALS = 3  # a worker unheard for this many heartbeat intervals is shown as stale
 

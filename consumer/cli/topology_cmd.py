@@ -1,4 +1,4 @@
-"""``dagger-adapter topology declare|show``."""
+"""``dagger-adapter topology declare|show|migrate``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import json
 from consumer.cli.common import CliError, config_from
 from consumer.cli.connect import connect
 from consumer.config import topology_for
-from topology import Topology, TopologyConflict, declare
+from topology import Topology
+from topology.declaring import TopologyConflict, declare, migrate
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = verbs.add_parser("show", help="print the topology this configuration uses")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(handler=run_show)
+    m = verbs.add_parser(
+        "migrate",
+        help="bring a topology declared by an older version up to date (stop the old workers first)",
+    )
+    m.set_defaults(handler=run_migrate)
 
 
 def run_declare(args: argparse.Namespace) -> int:
@@ -35,6 +41,24 @@ def run_declare(args: argparse.Namespace) -> int:
 
     asyncio.run(go())
     print(f"declared {len(spec.exchanges)} exchanges and {len(spec.queues)} queues with prefix {spec.prefix!r}")
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    spec = topology_for(config)
+
+    async def go() -> list[str]:
+        async with connect(config.amqp_url) as connection:
+            try:
+                return await migrate(connection, spec)
+            except TopologyConflict as exc:
+                raise CliError(str(exc)) from None
+
+    changes = asyncio.run(go())
+    for change in changes:
+        print(change)
+    print(f"topology with prefix {spec.prefix!r} is up to date ({len(changes)} queue(s) migrated)")
     return 0
 
 

@@ -11,7 +11,7 @@ import msgspec
 from consumer.cli.common import EXIT_USAGE, CliError, config_from
 from consumer.config import DaggerAdapterConfig
 from consumer.logs import configure_logging
-from topology import TopologyConflict
+from topology.declaring import TopologyConflict
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -6,15 +6,18 @@ queue is a *classic* queue for this reason, and classic queues count no deliveri
 listing neither loses nor reorders anything and two listings agree.
 
 Replay publishes each selected message to the tasks exchange with publisher confirms and only
-then acknowledges the dead letter, so a message is never lost; a crash between the two would
-leave it in both places (at-least-once), never in neither.
+then acknowledges the dead letter, so a message is never lost; a crash between the two leaves it
+in both places (at-least-once), never in neither. The replay is still *run* exactly once: its
+``x-replay-id`` is derived from the dead letter itself (``replay_id_for``), so replaying the letter
+left behind sends the same id again, and the worker answers that copy from its ledger instead of
+running the task a second time. A letter dead-lettered anew (the replay failed too) is another
+letter with another id.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -194,7 +197,7 @@ class DeadLetterQueue:
             try:
                 tasks = await channel.get_exchange(self.topology.tasks_exchange, ensure=False)
                 for letter, delivery in chosen:
-                    replay_id = uuid.uuid4().hex
+                    replay_id = replay_id_for(letter)
                     try:
                         await publish_confirmed(
                             tasks,
@@ -294,6 +297,14 @@ def content_id(body: bytes, headers: dict[str, Any]) -> str:
     digest = hashlib.sha256(body)
     digest.update(msgspec.json.encode(jsonable(headers), order="sorted"))
     return "sha-" + digest.hexdigest()[:16]
+
+
+def replay_id_for(letter: DeadLetter) -> str:
+    """The ``x-replay-id`` of a replay of ``letter``: the same for every replay of this one dead
+    letter (its message id, body and dead-letter headers, which name when it was dead-lettered)."""
+    digest = hashlib.sha256((letter.message_id or "").encode())
+    digest.update(content_id(letter.body, letter.headers).encode())
+    return "replay-" + digest.hexdigest()[:32]
 
 
 def replay_message(letter: DeadLetter, replay_id: str) -> aio_pika.Message:

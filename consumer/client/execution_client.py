@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aio_pika
 import msgspec
@@ -130,18 +131,22 @@ class ExecutionClient:
     async def submit_and_wait(self, command: ExecutionCommand, timeout: float) -> ExecutionResult:
         """Submit ``command`` and wait up to ``timeout`` seconds for its result.
 
-        The command carries this client's reply queue in ``reply_to`` and a correlation id
-        (``command.correlation_id`` or a fresh one) in the body and the AMQP properties.
+        The request is standard AMQP RPC over RabbitMQ's direct reply-to: the ``reply_to``
+        property is ``amq.rabbitmq.reply-to`` (no reply queue is declared), the correlation id
+        (``command.correlation_id`` or a fresh one) is in the body and the properties. A repeated
+        copy of the reply (same ``message_id``) is dropped.
         Raises ``TimeoutError`` when no result came in time, ``ConnectionLost`` at once when
         the connection drops while waiting (the reply queue goes with it); the task may still run.
         """
         correlation_id = command.correlation_id or new_message_id()
         async with asyncio.timeout(timeout):
-            reply_to = await self._replies.queue_name()
-            command = msgspec.structs.replace(command, reply_to=reply_to, correlation_id=correlation_id)
+            await self.start()
+            assert self._channel is not None
+            reply_to = await self._replies.reply_to(self._channel)  # consumed on the publishing channel
+            command = msgspec.structs.replace(command, reply_to=None, correlation_id=correlation_id)
             waiting = self._replies.expect(correlation_id)  # before publishing: a reply can be quick
             try:
-                await self._publish(command)
+                await self._publish(command, reply_to=reply_to)
                 return await waiting
             finally:
                 self._replies.forget(correlation_id)
@@ -151,7 +156,7 @@ class ExecutionClient:
         """How many ``submit_and_wait`` calls are waiting for their result."""
         return len(self._replies)
 
-    async def _publish(self, command: ExecutionCommand) -> None:
+    async def _publish(self, command: ExecutionCommand, *, reply_to: str | None = None) -> None:
         parse_parameters(command.execution_type, command.parameters)  # raises InvalidMessage
         if command.submitted_at is None:
             command = msgspec.structs.replace(command, submitted_at=utcnow())
@@ -164,7 +169,7 @@ class ExecutionClient:
         ):
             await publish_confirmed(
                 self._tasks,
-                command_message(command),
+                command_message(command, reply_to=reply_to),
                 self.topology.task_routing_key(command.execution_type.value),
                 task_id=command.task_id,
                 timeout=self.publish_timeout,
@@ -187,17 +192,44 @@ class ExecutionClient:
         execution_type: ExecutionType | str | None = None,
         outcome: Outcome | str | None = None,
         task_id: str | None = None,
+        *,
+        since: datetime | timedelta | Literal["first"] | None = None,
     ) -> Subscription[ExecutionResult]:
-        """Result events published from now on. Type and outcome are filtered by RabbitMQ
-        (routing keys), ``task_id`` here."""
-        keys = result_routing_keys(self.topology, _value(execution_type), _value(outcome))
+        """Result events published from now on; with ``since``, first those kept in the results
+        stream from that time (a ``datetime``, a ``timedelta`` back from now, or ``"first"`` for
+        all it keeps), then new ones as they come: a subscriber that was down misses nothing.
+
+        Live only: type and outcome are filtered by RabbitMQ (routing keys), ``task_id`` here.
+        From the stream, everything is filtered here; RabbitMQ starts at the chunk holding
+        ``since``, so a few results from shortly before it may come too."""
+        wanted_type, wanted_outcome = _value(execution_type), _value(outcome)
+        keys = result_routing_keys(self.topology, wanted_type, wanted_outcome)
+
+        def accept(r: ExecutionResult) -> bool:
+            return (
+                (task_id is None or r.task_id == task_id)
+                and (wanted_outcome is None or r.outcome.value == wanted_outcome)
+                and (wanted_type is None or (r.execution_type is not None and r.execution_type.value == wanted_type))
+            )
+
+        if since is None:
+            return self._track(
+                Subscription(self.connection, self.topology.results_exchange, keys, decode_result, accept)
+            )
+        offset: Any = since
+        if isinstance(since, timedelta):
+            offset = datetime.now(UTC) - since
+        elif since != "first" and not isinstance(since, datetime):
+            raise ValueError('since: a datetime, a timedelta or "first"')
         return self._track(
             Subscription(
                 self.connection,
                 self.topology.results_exchange,
                 keys,
                 decode_result,
-                (lambda r: r.task_id == task_id) if task_id is not None else (lambda _r: True),
+                accept,
+                stream=self.topology.results_stream,
+                stream_offset=offset,
             )
         )
 

@@ -20,11 +20,14 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
-def command_message(command: ExecutionCommand, *, message_id: str | None = None) -> aio_pika.Message:
+def command_message(
+    command: ExecutionCommand, *, message_id: str | None = None, reply_to: str | None = None
+) -> aio_pika.Message:
     """The AMQP message of a command: persistent JSON with a fresh ``message_id``; request/reply
-    fields are also set as AMQP properties (the body is the contract, the properties are what
-    AMQP tooling shows). The current trace context travels in the ``traceparent``/``tracestate``
-    headers, so the worker's span and the engine's requests join the caller's trace."""
+    fields are also set as AMQP properties (the worker honours them first, as every AMQP client
+    sets them; ``reply_to`` overrides the command's own, e.g. with direct reply-to). The current
+    trace context travels in the ``traceparent``/``tracestate`` headers, so the worker's span and
+    the engine's requests join the caller's trace."""
     headers: dict[str, Any] = {TASK_ID: command.task_id}
     tracing.inject(headers)
     return aio_pika.Message(
@@ -32,7 +35,7 @@ def command_message(command: ExecutionCommand, *, message_id: str | None = None)
         message_id=message_id or new_message_id(),
         content_type=CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        reply_to=command.reply_to,
+        reply_to=reply_to or command.reply_to,
         correlation_id=command.correlation_id,
         # The AMQP priority: RabbitMQ 4 quorum queues deliver priority 5-9 before 0-4; 3.x ignores it.
         priority=command.priority,

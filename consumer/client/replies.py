@@ -1,5 +1,6 @@
-"""Request/reply over one private queue: many concurrent waits share a single reply queue,
-and each reply finds its waiter by correlation id."""
+"""Request/reply over RabbitMQ's direct reply-to: many concurrent waits share the channel's
+``amq.rabbitmq.reply-to`` pseudo-queue (no queue is declared; the broker routes the reply straight
+to this channel's consumer), and each reply finds its waiter by correlation id."""
 
 from __future__ import annotations
 
@@ -7,39 +8,39 @@ import asyncio
 import logging
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from consumer.client.errors import ClientError, ConnectionLost
 from schemas import ExecutionResult, InvalidMessage, decode
 
 log = logging.getLogger(__name__)
 
+# What a request carries in its ``reply_to`` property; RabbitMQ rewrites it to a name of its own.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
 
 class ReplyRouter:
-    """Owns the client's reply queue (exclusive, auto-delete, declared on first use) and the
-    map ``correlation id -> future`` of the calls waiting on it."""
+    """Consumes direct reply-to on the channel requests are published on (RabbitMQ requires the
+    same channel) and keeps the map ``correlation id -> future`` of the calls waiting."""
 
     def __init__(self, connection: AbstractConnection) -> None:
         self._connection = connection
         self._pending: dict[str, asyncio.Future[ExecutionResult]] = {}
-        self._channel: AbstractChannel | None = None
-        self._queue_name: str | None = None
+        self._consuming_on: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
         self._lock = asyncio.Lock()
-        # Also on every drop of a robust connection: the exclusive reply queue is deleted with
-        # the connection, so a reply published before it is re-declared is lost for good.
+        # Also on every drop of a robust connection: the reply consumer goes with the channel, so
+        # the calls waiting can never get their reply; a later call consumes again.
         connection.close_callbacks.add(self._on_connection_lost)
 
-    async def queue_name(self) -> str:
-        """The reply queue's name, declaring it and starting to consume on first use."""
+    async def reply_to(self, channel: AbstractChannel) -> str:
+        """What a request published on ``channel`` sets as ``reply_to``; consumes on first use."""
         async with self._lock:
-            if self._queue_name is None:
-                channel = await self._connection.channel(publisher_confirms=False)
-                # No name: aio-pika picks one client-side, so a robust reconnect re-declares the
-                # same queue and the replies of calls still waiting find it again.
-                queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            if self._consuming_on is not channel:
+                queue = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
                 await queue.consume(self._on_reply, no_ack=True)
-                self._channel, self._queue_name = channel, queue.name
-            return self._queue_name
+                self._consuming_on, self._queue = channel, queue
+            return DIRECT_REPLY_TO
 
     def __contains__(self, correlation_id: str) -> bool:
         return correlation_id in self._pending
@@ -78,6 +79,7 @@ class ReplyRouter:
             future.set_exception(ClientError(f"the reply to {key!r} is not a valid ExecutionResult: {error}"))
 
     def _on_connection_lost(self, _connection: Any, _exc: BaseException | None = None) -> None:
+        self._consuming_on = self._queue = None
         self._fail_all(ConnectionLost, "lost the connection to RabbitMQ while waiting for a result")
 
     def _fail_all(self, error: type[ClientError], message: str) -> None:
@@ -87,8 +89,7 @@ class ReplyRouter:
         self._pending.clear()
 
     async def close(self) -> None:
+        """Fail the calls still waiting; the consumer goes with the client's channel."""
         self._connection.close_callbacks.discard(self._on_connection_lost)
         self._fail_all(ClientError, "the client was closed while waiting for a result")
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
-        self._channel = None
+        self._consuming_on = self._queue = None

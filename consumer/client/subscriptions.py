@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueueIterator
 from aiormq.exceptions import ChannelNotFoundEntity
@@ -20,12 +21,17 @@ E = TypeVar("E")
 
 # How many events may be in flight to one subscriber before RabbitMQ waits for it.
 PREFETCH = 256
+# How many message ids a subscription remembers to recognise a repeated copy of an event.
+REMEMBERED_IDS = 10_000
 
 
 class Subscription(Generic[E]):
     """An async iterator of events. ``async with`` it to be sure the queue is bound before
     acting (events published before that are not seen: the exchanges are pub/sub, not logs).
-    Iterating without ``async with`` binds on the first ``__anext__``."""
+    Iterating without ``async with`` binds on the first ``__anext__``.
+
+    A copy of an event already delivered (the same AMQP ``message_id``: a result republished
+    after a lost confirm, or to a duplicate command) is dropped and counted in ``duplicates``."""
 
     def __init__(
         self,
@@ -34,7 +40,12 @@ class Subscription(Generic[E]):
         routing_keys: Sequence[str],
         decode_event: Callable[[AbstractIncomingMessage], E | None],
         accept: Callable[[E], bool] = lambda _event: True,
+        *,
+        stream: str | None = None,
+        stream_offset: Any = None,
     ) -> None:
+        """With ``stream``, read that stream queue from ``stream_offset`` (``"first"``, a
+        ``datetime``, an offset) instead of a private queue bound to ``exchange``."""
         self._connection = connection
         self.exchange = exchange
         self.routing_keys = tuple(routing_keys)
@@ -43,7 +54,11 @@ class Subscription(Generic[E]):
         self._channel: AbstractChannel | None = None
         self._iterator: AbstractQueueIterator | None = None
         self._closed = False
+        self.stream = stream
+        self._stream_offset = stream_offset
         self.on_close: Callable[[Subscription[E]], None] | None = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
 
     async def open(self) -> None:
         if self._iterator is not None:
@@ -52,21 +67,27 @@ class Subscription(Generic[E]):
             raise RuntimeError("this subscription is closed")
         channel = await self._connection.channel(publisher_confirms=False)
         try:
-            await channel.set_qos(prefetch_count=PREFETCH)
-            exchange = await channel.get_exchange(self.exchange, ensure=True)
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            for key in self.routing_keys:
-                await queue.bind(exchange, routing_key=key)
+            await channel.set_qos(prefetch_count=PREFETCH)  # a stream consumer needs one
+            if self.stream is not None:
+                queue = await channel.declare_queue(self.stream, passive=True)
+                iterator = queue.iterator(arguments={"x-stream-offset": self._stream_offset})
+            else:
+                exchange = await channel.get_exchange(self.exchange, ensure=True)
+                queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+                for key in self.routing_keys:
+                    await queue.bind(exchange, routing_key=key)
+                iterator = queue.iterator()
         except ChannelNotFoundEntity:
+            what = f"queue {self.stream!r}" if self.stream is not None else f"exchange {self.exchange!r}"
             raise TopologyMissing(
-                f"exchange {self.exchange!r} does not exist; declare the topology first (dagger-adapter topology declare)"
+                f"{what} does not exist; declare the topology first (dagger-adapter topology declare)"
             ) from None
         except BaseException:
             if not channel.is_closed:
                 await channel.close()
             raise
         self._channel = channel
-        self._iterator = queue.iterator()
+        self._iterator = iterator
 
     def __aiter__(self) -> Subscription[E]:
         return self
@@ -79,9 +100,22 @@ class Subscription(Generic[E]):
         while True:
             message = await self._iterator.__anext__()
             await message.ack()
+            if self._repeated(message.message_id):
+                self.duplicates += 1
+                continue
             event = self._decode(message)
             if event is not None and self._accept(event):
                 return event
+
+    def _repeated(self, message_id: str | None) -> bool:
+        if not message_id:
+            return False
+        if message_id in self._seen:
+            return True
+        self._seen[message_id] = None
+        if len(self._seen) > REMEMBERED_IDS:
+            self._seen.popitem(last=False)
+        return False
 
     async def close(self) -> None:
         if self._closed:

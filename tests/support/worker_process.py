@@ -154,6 +154,7 @@ class Observer:
         self.spec = spec
         self.durable_queue = durable_queue
         self.results: list[ExecutionResult] = []
+        self.result_message_ids: list[str | None] = []  # the AMQP message_id of each result, in order
         self.result_keys: list[str] = []
         self.events: list[StatusEvent] = []
         self.heartbeats: list[WorkerHeartbeat] = []
@@ -176,6 +177,7 @@ class Observer:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if message.exchange == self.spec.results_exchange:
             self.results.append(decode(message.body, ExecutionResult))
+            self.result_message_ids.append(message.message_id)
             self.result_keys.append(message.routing_key or "")
         elif message.routing_key == self.spec.heartbeat_routing_key:
             self.heartbeats.append(decode(message.body, WorkerHeartbeat))
@@ -284,4 +286,4 @@ async def wait_until(condition: Callable[[], Any], timeout: float, what: str, in
 async def waiting_commands(connection: AbstractRobustConnection, spec: Topology) -> int:
     """Commands waiting (ready) in the tasks queue and the retry queues."""
     depths = await queue_depths(connection, spec)
-    return sum(depths[q.name] or 0 for q in spec.queues if q.name != spec.dead_queue)
+    return sum(depths[name] or 0 for name in (spec.tasks_queue, *(t.queue for t in spec.retry_tiers)))
