@@ -62,6 +62,7 @@ class Observed:
 
     results: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     outcomes: dict[str, set[bool]] = field(default_factory=lambda: defaultdict(set))
+    message_ids: dict[str, set[str | None]] = field(default_factory=lambda: defaultdict(set))
     worker_beats: list[tuple[float, bool]] = field(default_factory=list)
     task_beats: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -77,6 +78,7 @@ class Observed:
         elif not key.startswith("task."):
             self.results[body["task_id"]].append(now)
             self.outcomes[body["task_id"]].add(bool(body.get("success")))
+            self.message_ids[body["task_id"]].add(message.message_id)
         self.changed.set()
 
     async def wait(self, condition: Any, what: str, timeout: float = SCENARIO_TIMEOUT_SECONDS) -> None:
@@ -275,13 +277,11 @@ class Bench:
                 try:
                     await driver.worker_ready()
                     yield driver, worker, engine
-                except BaseException:
-                    kept = Path(tempfile.gettempdir()) / f"bench-{name}-worker.log"
-                    shutil.copyfile(log, kept)
-                    self.report(f"{name}: the worker's log is in {kept}")
-                    raise
                 finally:
                     worker.stop()
+                    kept = Path(tempfile.gettempdir()) / f"bench-{name}-worker.log"
+                    shutil.copyfile(log, kept)
+                    self.report(f"{name}: the worker's log (WARNING and up) is in {kept}")
                     with contextlib.suppress(Exception):
                         await forget_ledger(self.valkey, prefix)
         finally:
@@ -334,11 +334,15 @@ class Bench:
         ) as (driver, worker, engine):
             observed = driver.observed
             beats_from = len(observed.worker_beats)
-            run = await driver.throughput("capacity", worker, commands(driver.spec.prefix, n, SLOW, tag="cap"))
+            with self.profiled("capacity", worker):
+                run = await driver.throughput("capacity", worker, commands(driver.spec.prefix, n, SLOW, tag="cap"))
             stats = engine.stats()
             worker_gaps = _gaps([t for t, _ in observed.worker_beats[beats_from:]])
             task_gaps = [gap for beats in observed.task_beats.values() for gap in _gaps(beats)]
-            duplicates = sum(len(times) - 1 for times in observed.results.values())
+            # A copy of a result (the same message id: republished after a lost confirm) is
+            # recognisable and dropped by clients; a second, different result would be a defect.
+            copies = sum(len(times) - 1 for times in observed.results.values())
+            distinct = sum(len(ids) - 1 for ids in observed.message_ids.values())
             run.extra = {
                 "in_flight_peak": stats["max_concurrent_execs"],
                 "rss_peak_mb": worker.memory("VmHWM") / 2**20,
@@ -346,7 +350,9 @@ class Bench:
                 "worker_heartbeat_late_max_s": max((g - CAPACITY_HEARTBEAT_SECONDS for g in worker_gaps), default=0.0),
                 "task_heartbeat_late_p99_s": _late_p99(task_gaps, CAPACITY_HEARTBEAT_SECONDS),
                 "task_heartbeats": sum(len(b) for b in observed.task_beats.values()),
-                "duplicate_results": duplicates,
+                "result_copies": copies,
+                "second_results": distinct,
+                "conflicting_outcomes": sum(1 for o in observed.outcomes.values() if len(o) > 1),
             }
             return run
 
@@ -449,9 +455,9 @@ def render(figures: dict[str, dict[str, float]]) -> str:
             "capacity: {commands:.0f} commands of {delay:g} s: {in_flight_peak:.0f} in flight at once, RSS peak "
             "{rss_peak_mb:.0f} MB, worker heartbeat lateness p99 {worker_heartbeat_late_p99_s:.2f} s (max "
             "{worker_heartbeat_late_max_s:.2f} s), task heartbeat lateness p99 {task_heartbeat_late_p99_s:.2f} s "
-            "over {task_heartbeats:.0f} beats, {duplicate_results:.0f} duplicate results".format(
-                delay=CAPACITY_EXEC_SECONDS, **capacity
-            )
+            "over {task_heartbeats:.0f} beats; {result_copies:.0f} copies of results, of which "
+            "{second_results:.0f} with another message id, {conflicting_outcomes:.0f} tasks with conflicting "
+            "outcomes".format(delay=CAPACITY_EXEC_SECONDS, **capacity)
         )
     lines.append(f"total {figures['total']['seconds']:.0f} s")
     return "\n".join(lines)

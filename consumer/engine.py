@@ -52,6 +52,23 @@ for _name in ("gql.transport.httpx", "gql.transport.common.base", "gql.client", 
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+def _share_the_sdk_converter() -> None:
+    """The SDK builds a new cattrs converter for every ``Context`` — every chained call and every
+    query — at ~20 % of a worker's CPU. Its one per-context part is a hook that structures query
+    results into SDK objects bound to that context, which the generated client never uses (object
+    lists are loaded by ID); so one converter, with the same settings and enum hooks and without
+    that hook (structuring an SDK object then fails loudly instead of binding the wrong context),
+    serves every context. Pinned to the SDK minor version this was checked against."""
+    from cattrs.preconf.json import make_converter as make_json_converter
+    from dagger.client import _core
+
+    converter = make_json_converter(omit_if_default=True, detailed_validation=False)
+    _core.configure_converter_enum(converter)
+    _core.make_converter = lambda _ctx: converter  # type: ignore[assignment]
+
+
+_share_the_sdk_converter()
+
 # An exec's three results in one request, instead of sync + exitCode + stdout + stderr (four).
 # Fixed text: the container travels as a variable (its engine ID), never as message text.
 EXEC_OUTPUT_QUERY = gql.gql(
@@ -271,21 +288,77 @@ class EngineSession:
             return generation.modules[module_ref]
 
 
+# Connections per httpcore pool. httpcore looks at every connection of its pool on each request
+# (to drop expired ones and assign the request), so one pool of thousands costs O(connections)
+# per request: past this size, requests are spread over several pools instead.
+SHARD_CONNECTIONS = 64
+
+
 @contextlib.contextmanager
 def _http_pool(max_connections: int) -> Iterator[None]:
-    """While a connection opens, the SDK builds its HTTP transport with this pool size: the SDK
-    has no setting for it, so its transport class is swapped for a sized one just then."""
+    """While a connection opens, the SDK builds its HTTP transport with room for
+    ``max_connections`` requests at once: the SDK has no setting for it, so its transport class
+    is swapped for a factory of a sized one just then."""
     original = sdk_session.TelemetryTransport
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    shards = max(1, -(-max_connections // SHARD_CONNECTIONS))
+    per_shard = -(-max_connections // shards)
+    limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
 
-    def sized(**kwargs: Any) -> httpx.AsyncHTTPTransport:
-        return original(limits=limits, **kwargs)
+    def sized(**kwargs: Any) -> httpx.AsyncBaseTransport:
+        if shards == 1:
+            return original(limits=limits, **kwargs)
+        return ShardedTransport([original(limits=limits, **kwargs) for _ in range(shards)])
 
     sdk_session.TelemetryTransport = sized  # type: ignore[assignment, misc]
     try:
         yield
     finally:
         sdk_session.TelemetryTransport = original  # type: ignore[misc]
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Each request goes to the pool with the fewest requests in flight; a request counts until
+    its response is closed."""
+
+    def __init__(self, shards: list[httpx.AsyncBaseTransport]) -> None:
+        self._shards = shards
+        self._in_flight = [0] * len(shards)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = min(range(len(self._shards)), key=self._in_flight.__getitem__)
+        self._in_flight[index] += 1
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            self._in_flight[index] -= 1
+            raise
+        response.stream = _ReleasingStream(response.stream, lambda: self._release(index))
+        return response
+
+    def _release(self, index: int) -> None:
+        self._in_flight[index] -= 1
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, on_close: Any) -> None:
+        self._stream = stream
+        self._on_close = on_close
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._on_close is not None:
+                self._on_close, on_close = None, self._on_close
+                on_close()
 
 
 async def _close(generation: _Generation) -> None:

@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from types import TracebackType
+from typing import NamedTuple
 
 import msgspec
 import valkey.asyncio as valkey
@@ -45,14 +46,16 @@ if not holder then
 end
 return 0
 """
-# Take the lease and the next fencing token in one step.
+# Take the lease and the next fencing token, and read the task's outcome, in one step.
+# KEYS: lease, fence, outcome, published. ARGV: token, lease ms, fence TTL ms.
+# Returns {fence (0: someone else holds the lease), outcome or nil, published or nil}.
 _ACQUIRE = """
+local fence = 0
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local fence = redis.call('INCR', KEYS[2])
+  fence = redis.call('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  return fence
 end
-return 0
+return {fence, redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])}
 """
 # KEYS: outcome, fence, published. ARGV: our fence, the record, its TTL (ms), the replay id ('' for none).
 # Returns {2, existing record} when another outcome stands, {0} when fenced out (a later lease was
@@ -79,6 +82,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+# Mark the outcome published and release our lease in one step.
+# KEYS: published, lease. ARGV: message id, TTL ms, lease token.
+_PUBLISHED_AND_RELEASE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
 """
 
 
@@ -112,6 +124,7 @@ class Ledger:
         self._acquire = client.register_script(_ACQUIRE)
         self._record = client.register_script(_RECORD)
         self._release = client.register_script(_RELEASE)
+        self._published_and_release = client.register_script(_PUBLISHED_AND_RELEASE)
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(StoredOutcome)
 
@@ -134,6 +147,9 @@ class Ledger:
     # --- outcomes ---
     async def outcome(self, task_id: str) -> StoredOutcome | None:
         raw, published = await self._client.mget(self._key("outcome", task_id), self._key("published", task_id))
+        return self._stored(task_id, raw, published)
+
+    def _stored(self, task_id: str, raw: bytes | None, published: bytes | None) -> StoredOutcome | None:
         if raw is None:
             return None
         try:
@@ -166,22 +182,39 @@ class Ledger:
         except msgspec.DecodeError:
             return Recorded.EXISTS, None
 
-    async def mark_published(self, outcome: StoredOutcome) -> None:
-        await self._client.set(
-            self._key("published", outcome.result.task_id), outcome.message_id or "", px=self._outcome_ttl_ms
+    async def mark_published(self, outcome: StoredOutcome, *, releasing: Lease | None = None) -> None:
+        """The outcome is out (the broker confirmed it). With ``releasing``, that lease is released
+        in the same round trip (and its own release on exit is skipped)."""
+        task_id = outcome.result.task_id
+        if releasing is None:
+            await self._client.set(self._key("published", task_id), outcome.message_id or "", px=self._outcome_ttl_ms)
+            return
+        await self._published_and_release(
+            keys=[self._key("published", task_id), self._key("lease", task_id)],
+            args=[outcome.message_id or "", self._outcome_ttl_ms, releasing.token],
         )
+        releasing.released = True
 
     # --- leases ---
     async def try_lease(self, task_id: str, owner: str) -> Lease | None:
         """The lease of ``task_id`` for ``owner``, or None when someone holds it already."""
+        return (await self.acquire(task_id, owner)).lease
+
+    async def acquire(self, task_id: str, owner: str) -> Acquired:
+        """Try to take the lease of ``task_id`` for ``owner``, and read the task's outcome as it
+        stands at that moment, in one round trip."""
         token = f"{owner}:{uuid.uuid4().hex}"
-        fence = int(
-            await self._acquire(
-                keys=[self._key("lease", task_id), self._key("fence", task_id)],
-                args=[token, self.lease_ms, self._outcome_ttl_ms],
-            )
+        fence, raw, published = await self._acquire(
+            keys=[
+                self._key("lease", task_id),
+                self._key("fence", task_id),
+                self._key("outcome", task_id),
+                self._key("published", task_id),
+            ],
+            args=[token, self.lease_ms, self._outcome_ttl_ms],
         )
-        return Lease(self, task_id, token, fence) if fence else None
+        lease = Lease(self, task_id, token, int(fence)) if int(fence) else None
+        return Acquired(lease, self._stored(task_id, raw, published))
 
     async def lease_remaining(self, task_id: str) -> float:
         """Seconds until the current lease of ``task_id`` expires (0 when there is none)."""
@@ -199,6 +232,11 @@ class Ledger:
         await self._release(keys=[self._key("lease", lease.task_id)], args=[lease.token])
 
 
+class Acquired(NamedTuple):
+    lease: Lease | None  # None: another worker holds the task's lease
+    outcome: StoredOutcome | None  # the task's outcome when the lease was tried
+
+
 class Lease:
     """A held lease; ``async with lease:`` keeps renewing it and releases it at the end."""
 
@@ -210,6 +248,7 @@ class Lease:
         # Set when a renewal found the lease taken over, or none succeeded for a whole lease
         # lifetime (Valkey unreachable): the task may be running elsewhere now.
         self.lost = False
+        self.released = False  # released already (with the outcome marked published)
         self._renewed_at = time.monotonic()
         self._renewer: asyncio.Task[None] | None = None
 
@@ -227,6 +266,8 @@ class Lease:
         await self.release()
 
     async def release(self) -> None:
+        if self.released:
+            return
         try:
             await self._ledger._release_lease(self)
         except Exception as exc:  # the lease then simply expires

@@ -545,7 +545,7 @@ class Worker:
                 await self._carry_out(delivery, command, PutBack("the worker is stopping"))
                 return
             ledger = self._require_ledger()
-            lease = await ledger.try_lease(command.task_id, self.worker_id)
+            lease, standing = await ledger.acquire(command.task_id, self.worker_id)
             if lease is None:
                 log.info("task is running elsewhere", extra={"holder": await ledger.lease_holder(command.task_id)})
                 await self._carry_out(
@@ -554,7 +554,7 @@ class Worker:
                 return
             async with lease:
                 # Finished by someone else between our first look and our lease?
-                if await self._answer_from_ledger(delivery, command, leased=True):
+                if await self._answer_from_ledger(delivery, command, leased=True, stored=standing):
                     return
                 if self.adapter.circuit_state == "open":
                     await self._carry_out(delivery, command, open_circuit(self.config.breaker_reset_seconds))
@@ -615,13 +615,22 @@ class Worker:
 
     async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
         """One attempt through the adapter, with ``heartbeat`` status events while it runs.
-        None when the drain cancelled it."""
-        await self._status(command, TaskState.RUNNING, delivery.attempt)
+        None when the drain cancelled it.
+
+        ``running`` is told when the adapter reports its first step starting: a result answered
+        from the cache goes from ``received`` to ``succeeded``, since nothing ran."""
+        running: list[asyncio.Task[None]] = []
+
+        def on_progress(step: str, state: str, detail: str | None) -> None:
+            if not running:
+                running.append(asyncio.create_task(self._status(command, TaskState.RUNNING, delivery.attempt)))
+            _log_progress(step, state, detail)
+
         execution = asyncio.create_task(
             tracing.in_execution_span(
                 command.execution_type.value,
                 self.adapter.execute(
-                    command, attempt=delivery.attempt, in_process_retries=False, on_progress=_log_progress
+                    command, attempt=delivery.attempt, in_process_retries=False, on_progress=on_progress
                 ),
             )
         )
@@ -638,6 +647,8 @@ class Worker:
         finally:
             self._executions.discard(execution)
             beats.cancel()
+        if running:  # published before the outcome's own status events
+            await running[0]
         log.info(
             "execution finished",
             extra={
@@ -688,7 +699,7 @@ class Worker:
             return
         await self._publish_outcome(delivery, command, outcome)
         try:
-            await ledger.mark_published(outcome)
+            await ledger.mark_published(outcome, releasing=lease)
         except ValkeyError as exc:
             # The outcome is out: acking is right. A redelivered copy would publish it again.
             log.warning("outcome published but not marked so in Valkey (%s); acking anyway", exc)
@@ -723,12 +734,16 @@ class Worker:
         tracing.set_outcome("succeeded" if result.success else "dead_lettered", error=result.error)
         log.info("outcome published", extra={"outcome": result.outcome.value})
 
-    async def _answer_from_ledger(self, delivery: Delivery, command: ExecutionCommand, *, leased: bool) -> bool:
+    async def _answer_from_ledger(
+        self, delivery: Delivery, command: ExecutionCommand, *, leased: bool, stored: StoredOutcome | None = None
+    ) -> bool:
         """True when the task already has an outcome and this delivery is settled from it.
+        ``leased``: the outcome ``stored`` was read together with taking the lease.
 
         An outcome recorded but not yet published for this very message is finished only under
         the task's lease: without it, the handler that recorded it may still be publishing."""
-        stored = await self._require_ledger().outcome(command.task_id)
+        if not leased:
+            stored = await self._require_ledger().outcome(command.task_id)
         answer = answer_from_ledger(stored, message_id=delivery.message_id, replay_id=delivery.replay_id, leased=leased)
         if answer is LedgerAnswer.RUN or stored is None:
             if stored is not None and replaced_by_replay(stored, delivery.replay_id):

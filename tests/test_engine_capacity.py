@@ -1,13 +1,18 @@
 """The engine connection holds as many requests at once as the worker runs executions: more
 executions than the SDK's default HTTP pool (100 connections) all reach the engine together,
-and an execution reads its exec's results in two engine requests."""
+spread over pools small enough that a request costs the same however many are in flight; and an
+execution reads its exec's results in two engine requests."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+
+from consumer.engine import ShardedTransport
 from tests.dagger_engine import ExecOutcome, TestEngine
 from tests.dagger_engine.records import ExecRecord
 from tests.test_adapter_support import adapter_config, pipeline_command, started
@@ -60,3 +65,29 @@ async def test_an_execution_reads_its_exec_results_in_two_engine_requests(
         result = await adapter.execute(pipeline_command("counted", pipeline=pipeline))
     assert result.success and result.result["stdout"] == "hi\n" and result.result["exit_code"] == 0
     assert dagger_engine.request_count - before == 2
+
+
+async def test_requests_spread_over_the_pools_and_count_until_their_response_is_closed() -> None:
+    seen: list[int] = []
+
+    def shard(number: int) -> httpx.MockTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            seen.append(number)
+            return httpx.Response(200, stream=_Body())  # streamed, like a response off the network
+
+        return httpx.MockTransport(answer)
+
+    async with httpx.AsyncClient(transport=ShardedTransport([shard(0), shard(1), shard(2)])) as client:
+        # Three streamed requests held open: each lands on a pool with none in flight.
+        held = [await client.send(client.build_request("POST", "http://engine/query"), stream=True) for _ in range(3)]
+        assert sorted(seen) == [0, 1, 2]
+        await held[1].aclose()  # pool 1 is free again: the next request goes there
+        await client.post("http://engine/query")
+        assert seen[-1] == 1
+        for response in held[::2]:
+            await response.aclose()
+
+
+class _Body(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"{}"

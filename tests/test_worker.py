@@ -646,3 +646,24 @@ async def test_a_task_leased_by_another_worker_waits_for_that_lease(
     (execution,) = dagger_engine.execs
     assert execution.started_at >= lease_ends - 0.05  # not started while the other lease held it
     assert observer.states_of("leased-1").count("running") == 1
+
+
+async def test_a_result_answered_from_the_cache_is_received_then_succeeded_without_running(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+) -> None:
+    await start_worker(caching_enabled="true")
+    await publish_command(channel, topology_spec, command("cached-1", "echo", "same"))
+    await observer.wait_for(lambda: observer.states_of("cached-1")[-1:] == ["succeeded"], 30, "the first result")
+    # The same work under another task id: the result cache answers it, the engine is not asked.
+    await publish_command(channel, topology_spec, command("cached-2", "echo", "same"))
+    await observer.wait_for(lambda: observer.states_of("cached-2")[-1:] == ["succeeded"], 30, "the cached result")
+
+    (first,), (second,) = observer.results_for("cached-1"), observer.results_for("cached-2")
+    assert (first.cached, second.cached) == (False, True) and second.result == first.result
+    assert len(dagger_engine.execs) == 1
+    assert observer.states_of("cached-1") == ["received", "running", "succeeded"]
+    assert observer.states_of("cached-2") == ["received", "succeeded"]  # nothing ran

@@ -159,3 +159,21 @@ async def test_a_lease_whose_renewals_fail_for_a_whole_lifetime_is_lost(valkey_u
         while not lease.lost:
             assert time.monotonic() < deadline, "a lease that could not be renewed for its lifetime is not lost"
             await asyncio.sleep(0.05)
+
+
+async def test_taking_a_lease_reads_the_outcome_standing_at_that_moment(ledger: Ledger) -> None:
+    first = await ledger.acquire("t-20", "worker-a")
+    assert first.lease is not None and first.outcome is None
+    result = ExecutionResult(task_id="t-20", success=True)
+    stored = StoredOutcome(result=result, message_id="m-20")
+    assert (await ledger.record_first(stored, fence=first.lease.fence))[0] is Recorded.RECORDED
+    await ledger.mark_published(stored, releasing=first.lease)
+
+    # Published and released in one step: the next worker gets the lease and the outcome at once.
+    second = await ledger.acquire("t-20", "worker-b")
+    assert second.lease is not None and second.outcome is not None
+    assert second.outcome.result == result and second.outcome.published and second.outcome.message_id == "m-20"
+    # Holding the lease, worker-b blocks worker-c, which still sees the outcome.
+    third = await ledger.acquire("t-20", "worker-c")
+    assert third.lease is None and third.outcome is not None and third.outcome.published
+    await second.lease.release()

@@ -21,6 +21,7 @@ They run after the chain, in order. The result carries the last exec's ``exit_co
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -178,6 +179,7 @@ def plan_pipeline(params: PipelineParameters, rules: PathRules) -> PipelinePlan:
     return plan
 
 
+@functools.cache  # the SDK's signatures do not change; inspecting one costs more than the rest of planning
 def _required(method: str) -> tuple[str, ...]:
     signature = inspect.signature(getattr(dagger.Container, method))
     return tuple(
