@@ -16,6 +16,10 @@ install:
 test *args:
     {{bin}}python -m pytest {{args}}
 
+# property-based fuzzing of the decoder and parameter validation, long profile (the default suite runs a short one)
+fuzz *args:
+    HYPOTHESIS_PROFILE=fuzz {{bin}}python -m pytest tests/abuse/test_fuzz.py {{args}}
+
 # ruff (lint + format check) and mypy (strict on schemas/ and topology/)
 lint:
     {{bin}}ruff check .

@@ -18,13 +18,13 @@ import msgspec
 
 from consumer.breaker import EngineCircuitBreaker
 from consumer.cache import CacheManager, cache_key, directory_digest, file_digest
-from consumer.config import DaggerAdapterConfig
+from consumer.config import DaggerAdapterConfig, config_directories
 from consumer.engine import DaggerEngine
 from consumer.errors import ExecutionFailure, classify
 from consumer.execution import Plan, plan_for
 from consumer.execution.context import ProgressCallback, Redactor, RunContext, registry_logins
 from consumer.interface import AgentAdapter, AgentCapability, AgentStatus
-from consumer.paths import PathRules
+from consumer.paths import PathRules, worker_code_paths
 from consumer.retry import RetryHandler, RetryPolicy
 from consumer.version import package_version
 from schemas import (
@@ -66,6 +66,9 @@ class DaggerAdapter(AgentAdapter):
             volume_roots=cfg.allowed_volume_roots,
             workflow_directory=cfg.workflow_directory,
             protected=[cfg.cache_directory],
+            output_roots=cfg.allowed_output_roots,
+            write_protected=worker_code_paths(),
+            config_directories=config_directories(),
         )
         self._slots = asyncio.Semaphore(cfg.max_concurrent_executions)
         self._load = 0
@@ -84,6 +87,12 @@ class DaggerAdapter(AgentAdapter):
             if self._initialized:
                 return
             await self._cache.start()
+            if self.config.allowed_output_roots:
+                log.info("host writes (exports, writable volumes) allowed under %s", self._rules.output_roots)
+            else:
+                log.info(
+                    "allowed_output_roots is not set: commands cannot write to this host (no exports, no writable volumes)"
+                )
             if not self.config.allowed_volume_roots:
                 log.warning(
                     "allowed_volume_roots is not set: commands may mount host paths under the working directory %s",
@@ -310,7 +319,10 @@ class DaggerAdapter(AgentAdapter):
                     session.discard()  # a broken connection is not reused
                 # Redacted here: the retry handler logs the message before the result is built.
                 raise ExecutionFailure(
-                    failure.category, redact(failure.message), partial=dict(partial), circuit_open=failure.circuit_open
+                    failure.category,
+                    redact.clip(failure.message),
+                    partial=dict(partial),
+                    circuit_open=failure.circuit_open,
                 ) from exc
             return dict(partial)
 
@@ -358,7 +370,7 @@ class DaggerAdapter(AgentAdapter):
         detail: Any = redact.scrub(failure.partial) if failure.partial else None
         if failure.circuit_open:
             detail = {**(detail or {}), "circuit": "open"}
-        message = redact(failure.message)
+        message = redact.clip(failure.message)
         log.warning(
             "task %s: failed (%s) after %d attempt(s): %s", command.task_id, failure.category.value, attempts, message
         )

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from schemas import RegistryCredentials
+from schemas.limits import DEFAULT_LIMITS, LIMIT_FIELDS, Bound, JsonDepth, Limits
 from topology.spec import Topology
 
 ENV_PREFIX = "DAGGER_ADAPTER_"
@@ -57,6 +58,8 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     topology_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "dagger"
     # Host directories that volumes may mount; empty: the working directory (never cache_directory).
     allowed_volume_roots: list[str] = []
+    # Host directories that exports and writable volumes may write to; empty: no host writes.
+    allowed_output_roots: list[str] = []
     # Delay tiers of the retry queues (seconds); a retry waits in the smallest tier that covers it.
     retry_delay_tiers: list[PositiveFloat] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0])
     # A message delivered this many times without an outcome (workers died on it) is dead-lettered.
@@ -84,6 +87,15 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     # All interfaces by default, so Prometheus can scrape a container; 127.0.0.1 keeps it on the host.
     metrics_address: str = "0.0.0.0"
+    # What one command may ask of a worker (schemas.limits; README "Security model").
+    max_message_bytes: Bound = DEFAULT_LIMITS.max_message_bytes
+    max_json_depth: JsonDepth = DEFAULT_LIMITS.max_json_depth
+    max_pipeline_operations: Bound = DEFAULT_LIMITS.max_pipeline_operations
+    max_workflow_steps: Bound = DEFAULT_LIMITS.max_workflow_steps
+    max_environment_entries: Bound = DEFAULT_LIMITS.max_environment_entries
+    max_environment_bytes: Bound = DEFAULT_LIMITS.max_environment_bytes
+    max_secret_entries: Bound = DEFAULT_LIMITS.max_secret_entries
+    max_secret_bytes: Bound = DEFAULT_LIMITS.max_secret_bytes
 
     def __post_init__(self) -> None:
         if not self.worker_id.strip():
@@ -95,6 +107,11 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
             raise ValueError(f"amqp_url: {exc}") from None
         if not re.fullmatch(r"[1-9][0-9]*[YMDhms]", self.results_stream_max_age):
             raise ValueError("results_stream_max_age: a number and one of Y, M, D, h, m, s (e.g. 7D, 12h)")
+
+    @property
+    def limits(self) -> Limits:
+        """The limits commands are checked against before anything runs."""
+        return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
     def __repr__(self) -> str:
         return "DaggerAdapterConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
@@ -148,7 +165,18 @@ def redact_url(url: str) -> str:
 
 
 _FIELDS = DaggerAdapterConfig.__struct_fields__
-_STRUCTURED = {"container_credentials", "allowed_volume_roots", "retry_delay_tiers"}
+_STRUCTURED = {"container_credentials", "allowed_volume_roots", "allowed_output_roots", "retry_delay_tiers"}
+
+# Directories of the configuration files this process read: the worker never writes there
+# (a tenant's export must not rewrite the worker's own configuration).
+_CONFIG_DIRECTORIES: set[str] = set()
+
+
+def config_directories() -> list[str]:
+    """Where this process's configuration came from (files loaded, ``DAGGER_ADAPTER_CONFIG``)."""
+    named = os.environ.get(ENV_PREFIX + "CONFIG")
+    extra = {str(Path(named).resolve().parent)} if named else set()
+    return sorted(_CONFIG_DIRECTORIES | extra)
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -204,6 +232,7 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _CONFIG_DIRECTORIES.add(str(Path(path).resolve().parent))
         # Accept either a flat file or one with a [dagger_adapter] table.
         values.update(data.get("dagger_adapter", data))
     values.update(_env_values(env))

@@ -114,14 +114,23 @@ class LedgerAnswer(enum.Enum):
     ACK = "ack"  # this very message's outcome is out already: ack it
     PUBLISH_RECORDED = "publish-recorded"  # recorded, never published (its worker died): publish, ack
     REPUBLISH = "republish"  # a duplicate of a finished task: publish its stored result again, ack
+    REFUSE_REUSED = "refuse-reused"  # another command under the same task id: refuse it (invalid)
 
 
 def answer_from_ledger(
-    stored: StoredOutcome | None, *, message_id: str | None, replay_id: str | None, leased: bool
+    stored: StoredOutcome | None,
+    *,
+    message_id: str | None,
+    replay_id: str | None,
+    leased: bool,
+    fingerprint: str | None = None,
 ) -> LedgerAnswer:
     """``leased``: whether we hold the task's lease. An outcome recorded but not yet published for
     this very message is ours to publish only under the lease: without it, the handler that
-    recorded it may still be publishing."""
+    recorded it may still be publishing. ``fingerprint``: of this delivery's command; the stored
+    outcome answers (or gives way to a replay of) the same command only."""
+    if stored is not None and reused_by_another_command(stored, fingerprint):
+        return LedgerAnswer.REFUSE_REUSED
     if stored is None or replaced_by_replay(stored, replay_id):
         return LedgerAnswer.RUN
     same_message = message_id is not None and message_id == stored.message_id
@@ -130,6 +139,11 @@ def answer_from_ledger(
     if same_message:
         return LedgerAnswer.PUBLISH_RECORDED if leased else LedgerAnswer.RUN
     return LedgerAnswer.REPUBLISH
+
+
+def reused_by_another_command(stored: StoredOutcome, fingerprint: str | None) -> bool:
+    """The task id of ``stored`` sent with other parameters (an older record has no fingerprint)."""
+    return stored.fingerprint is not None and fingerprint is not None and stored.fingerprint != fingerprint
 
 
 def replaced_by_replay(stored: StoredOutcome, replay_id: str | None) -> bool:

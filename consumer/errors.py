@@ -56,8 +56,22 @@ def permanent(message: str, **kwargs: Any) -> ExecutionFailure:
 
 
 def tail(text: str, limit: int = TAIL_CHARS) -> str:
-    """The last ``limit`` characters: the end of a log is where a failure explains itself."""
+    """The last ``limit`` characters: the end of a log is where a failure explains itself.
+    Text that may hold a secret is masked *before* it is cut (``Redactor.tail``): a cut
+    through a secret would otherwise leave a piece of it that no longer matches."""
     return text if len(text) <= limit else text[-limit:]
+
+
+MESSAGE_HEAD_CHARS = 512
+
+
+def clip(text: str, limit: int = TAIL_CHARS + MESSAGE_HEAD_CHARS) -> str:
+    """An error message bounded to about ``limit`` characters: its head (what failed) and its
+    tail (why), with the middle elided. Mask secrets before clipping (``Redactor.clip``)."""
+    if len(text) <= limit:
+        return text
+    head = min(MESSAGE_HEAD_CHARS, limit // 2)
+    return f"{text[:head]} […] {text[len(text) - (limit - head) :]}"
 
 
 # Local file-system errors say something about the request (a missing or unreadable path),
@@ -135,7 +149,8 @@ def _network_trouble(message: str) -> bool:
 
 
 def _exec_error_message(exc: dagger.ExecError) -> str:
-    stderr = tail(exc.stderr or "").strip()
+    # The whole stderr: the adapter masks secrets in it before clipping the message.
+    stderr = (exc.stderr or "").strip()
     message = f"command {exc.command!r} exited with code {exc.exit_code}"
     return f"{message}: {stderr}" if stderr else message
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import secrets
 import time
 import uuid
 from types import TracebackType
@@ -104,6 +105,9 @@ class StoredOutcome(msgspec.Struct, kw_only=True):
     published: bool = False
     # The replay id of the message that produced the outcome (see ``schemas.headers.REPLAY_ID``).
     replay_id: str | None = None
+    # What the command asked for (``schemas.fingerprint``): the stored result answers only a
+    # command with the same fingerprint; a task id reused for another command gets nothing of it.
+    fingerprint: str | None = None
 
 
 class Recorded(enum.Enum):
@@ -194,6 +198,16 @@ class Ledger:
             args=[outcome.message_id or "", self._outcome_ttl_ms, releasing.token],
         )
         releasing.released = True
+
+    async def attempts_key(self) -> bytes:
+        """The deployment's key for sealing attempt counts (``consumer.attempts``): created by
+        the first worker that asks, the same for every worker of the namespace afterwards."""
+        key = self._key("secret", "attempts")
+        await self._client.set(key, secrets.token_hex(32), nx=True)
+        value = await self._client.get(key)
+        if not value:
+            raise RuntimeError("the attempts key vanished from Valkey as it was created")
+        return bytes(value)
 
     # --- leases ---
     async def try_lease(self, task_id: str, owner: str) -> Lease | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import aio_pika
 import aiormq
 import msgspec
+import pamqp.encode
 from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
@@ -51,6 +53,7 @@ from aio_pika.abc import (
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from valkey.exceptions import ValkeyError
 
+from consumer.attempts import SEAL, AttemptSeal
 from consumer.broker import BrokerUnavailable, connect_broker
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
 from consumer.decisions import (
@@ -79,19 +82,22 @@ from schemas import (
     ErrorCategory,
     ExecutionCommand,
     ExecutionResult,
+    ExecutionType,
     InvalidMessage,
     StatusEvent,
     TaskState,
     WorkerHeartbeat,
     decode_command,
     encode,
+    fingerprint,
     peek,
     result_message_id,
     utcnow,
 )
 from schemas import headers as h
+from schemas.messages import MAX_TASK_ID_LENGTH, is_identifier
 from topology.declaring import DeclaredTopology, declare
-from topology.spec import RETRY_ROUTING_PREFIX
+from topology.spec import RETRY_ROUTING_PREFIX, UNKNOWN_EXECUTION_TYPE
 
 if TYPE_CHECKING:
     from consumer.adapter import DaggerAdapter
@@ -123,31 +129,44 @@ class Unroutable(RuntimeError):
     """A retry or dead letter that no queue took: the command it is for must not be acked."""
 
 
+class Unpublishable(RuntimeError):
+    """A message the client library refused to send because of what it carries (a property or
+    header over its AMQP size): publishing it again cannot help."""
+
+
+_KNOWN_TYPES = frozenset(t.value for t in ExecutionType)
+# The header RabbitMQ quorum queues set on a redelivered message: how often it was returned.
+DELIVERY_COUNT = "x-delivery-count"
+
+
 @dataclass(frozen=True)
 class Delivery:
     """What the worker reads from an incoming message besides its body."""
 
     message: AbstractIncomingMessage
-    attempts_before: int  # attempts already made (``x-attempts``; 0 for a fresh command)
+    attempts_before: int  # attempts already made (a sealed ``x-attempts``; 0 for a fresh command)
     message_id: str | None
     replay_id: str | None
     # Standard AMQP request/reply properties; they win over the command's body fields.
     reply_to: str | None = None
     correlation_id: str | None = None
+    returned: int = 0  # times the broker got this message back before (``x-delivery-count``)
+    fingerprint: str | None = None  # of the command, once decoded (``schemas.fingerprint``)
 
     @classmethod
-    def of(cls, message: AbstractIncomingMessage) -> Delivery:
+    def of(cls, message: AbstractIncomingMessage, seal: AttemptSeal | None = None) -> Delivery:
         headers = message.headers or {}
-        raw_attempts = headers.get(h.ATTEMPTS)
-        attempts = raw_attempts if isinstance(raw_attempts, int) and raw_attempts > 0 else 0
         replay = headers.get(h.REPLAY_ID)
+        # Only the broker's own redelivered flag makes its delivery count believable.
+        returned = headers.get(DELIVERY_COUNT) if message.redelivered else 0
         return cls(
             message=message,
-            attempts_before=attempts,
+            attempts_before=seal.attempts_before(message.body, headers) if seal is not None else 0,
             message_id=message.message_id,
             replay_id=replay.decode() if isinstance(replay, bytes) else (str(replay) if replay else None),
             reply_to=_short_text(message.reply_to),
             correlation_id=_short_text(message.correlation_id),
+            returned=returned if isinstance(returned, int) and returned > 0 else 0,
         )
 
     @property
@@ -171,6 +190,8 @@ class Worker:
         self.adapter = adapter
         self.worker_id = config.worker_id
         self.capacity = config.max_concurrent_executions
+        self.limits = config.limits
+        self._seal: AttemptSeal | None = None  # from Valkey, once it answers
 
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -257,7 +278,7 @@ class Worker:
 
         start_up_pause: list[asyncio.Task[None]] = []
         try:
-            await self._ledger.ping()
+            await self._valkey_answers()
         except ValkeyError as exc:
             # Like a missing engine: stay up (not ready), consume once Valkey answers.
             log.warning(
@@ -449,7 +470,10 @@ class Worker:
             self._background.append(pause)
 
     async def _valkey_answers(self) -> bool:
-        await self._require_ledger().ping()
+        ledger = self._require_ledger()
+        await ledger.ping()
+        if self._seal is None:  # needed before the first command is read: consuming waits for it
+            self._seal = AttemptSeal(await ledger.attempts_key(), self.config.max_retries)
         return True
 
     # ================================================================ heartbeat
@@ -487,13 +511,20 @@ class Worker:
     # ================================================================ one message
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        delivery = Delivery.of(message)
+        delivery = Delivery.of(message, self._seal)
         try:
-            command, params = decode_command(message.body)
-        except InvalidMessage as exc:
+            # Limits first, then decoding; only InvalidMessage comes out of decode_command.
+            command, params = decode_command(message.body, self.limits)
+            reply_to = delivery.reply_to or command.reply_to
+            problem = self.spec.reply_to_problem(reply_to) if reply_to is not None else None
+            if problem is not None:
+                raise InvalidMessage(f"reply_to: {problem}", task_id=command.task_id)
+            delivery = dataclasses.replace(delivery, fingerprint=fingerprint(command, params))
+        except Exception as exc:  # whatever reading the message raises, it ends settled
+            invalid = exc if isinstance(exc, InvalidMessage) else InvalidMessage(f"unreadable message: {exc!r}")
             self.metrics.command_received(None)
-            with task_context(exc.task_id, delivery.attempt), self._command_span(delivery, exc.task_id, None):
-                await self._guarded(delivery, self._reject_invalid(delivery, exc))
+            with task_context(invalid.task_id, delivery.attempt), self._command_span(delivery, invalid.task_id, None):
+                await self._guarded(delivery, self._reject_invalid(delivery, invalid))
             return
         self.metrics.command_received(command.execution_type)
         # Every log line about this message names its task, the failure paths' included.
@@ -523,12 +554,49 @@ class Worker:
         except ValkeyError as exc:
             await self._ledger_failed(exc)
             await self._put_back(delivery, "until Valkey is available", reason="valkey")
-        except Exception:
-            # A defect, or the broker gone for longer than a publish waits. Requeued: RabbitMQ's
-            # delivery limit dead-letters a command that keeps failing this way.
+        except Unpublishable as exc:
+            # Its own content makes its outcome unpublishable: trying again would loop.
+            log.warning("the outcome of a command cannot be published; dead-lettering it: %s", exc)
+            await self._give_up(delivery, f"its outcome could not be published: {exc}", ErrorCategory.INVALID)
+        except Exception as exc:
+            # A defect, or the broker gone for longer than a publish waits. Requeued (a command
+            # that keeps failing this way is dead-lettered at its delivery limit).
             log.exception("could not handle a command; requeueing it")
+            await self._requeue(delivery, f"it could not be handled ({type(exc).__name__}: {exc})")
+
+    async def _requeue(self, delivery: Delivery, why: str) -> None:
+        """Back to the queue, unless this is the last delivery the queue's delivery limit allows:
+        that one we dead-letter ourselves, with the reason. (Left to the broker, the dead letter
+        would say only "delivery_limit", and RabbitMQ 3.x quorum queues hand the consumer one
+        extra message of prefetch for every message they dead-letter on a requeue.)"""
+        if delivery.returned >= self.config.delivery_limit:
+            await self._give_up(delivery, f"{why}; gave up after {delivery.returned + 1} deliveries")
+            return
+        await asyncio.sleep(PUT_BACK_DELAY_SECONDS)
+        await self._settle(delivery, requeue=True)
+
+    async def _give_up(self, delivery: Delivery, why: str, category: ErrorCategory = ErrorCategory.PERMANENT) -> None:
+        """Dead-letter the command as it arrived, with ``why``, and ack it: once, never in a loop.
+        Only what the broker itself accepted goes into the dead letter (the body, its properties)."""
+        try:
+            await self._dead_letter(
+                delivery,
+                DeadLetterHeaders(
+                    error_category=category,
+                    error=why,
+                    attempts=delivery.attempts_before,
+                    task_id=_peek_task_id(delivery.message.body, self),
+                    dead_lettered_at=utcnow(),
+                    worker_id=self.worker_id,
+                ),
+                routing_key=delivery.original_routing_key,
+            )
+        except Exception as exc:  # the broker is gone: it redelivers the message later
+            log.warning("could not dead-letter the command (%s); requeueing it", exc)
             await asyncio.sleep(PUT_BACK_DELAY_SECONDS)
             await self._settle(delivery, requeue=True)
+            return
+        await self._settle(delivery)
 
     async def _put_back(self, delivery: Delivery, why: str, *, reason: str = "stopping") -> None:
         await self._carry_out(delivery, None, PutBack(why, reason=reason))
@@ -610,8 +678,7 @@ class Worker:
                     await self._settle(delivery)
                 except Exception as exc:
                     log.warning("could not put the command back (%s); requeueing it", exc)
-                    await asyncio.sleep(delay)
-                    await self._settle(delivery, requeue=True)
+                    await self._requeue(delivery, f"it could not be put back ({exc})")
 
     async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
         """One attempt through the adapter, with ``heartbeat`` status events while it runs.
@@ -684,7 +751,12 @@ class Worker:
             # Whether another worker took the task over meanwhile is for the fence to say: if none
             # did, ours is still the only run and its outcome stands.
             log.warning("the task lease lapsed while the task ran; recording only if no one took it over")
-        outcome = StoredOutcome(result=result, message_id=delivery.message_id, replay_id=delivery.replay_id)
+        outcome = StoredOutcome(
+            result=result,
+            message_id=delivery.message_id,
+            replay_id=delivery.replay_id,
+            fingerprint=delivery.fingerprint,
+        )
         verdict, _standing = await ledger.record_first(outcome, fence=lease.fence)
         if verdict is Recorded.EXISTS:
             # Another worker finished this task while we ran it: our lease lapsed (a stall longer
@@ -744,7 +816,16 @@ class Worker:
         the task's lease: without it, the handler that recorded it may still be publishing."""
         if not leased:
             stored = await self._require_ledger().outcome(command.task_id)
-        answer = answer_from_ledger(stored, message_id=delivery.message_id, replay_id=delivery.replay_id, leased=leased)
+        answer = answer_from_ledger(
+            stored,
+            message_id=delivery.message_id,
+            replay_id=delivery.replay_id,
+            leased=leased,
+            fingerprint=delivery.fingerprint,
+        )
+        if answer is LedgerAnswer.REFUSE_REUSED:
+            await self._refuse_reused_task_id(delivery, command)
+            return True
         if answer is LedgerAnswer.RUN or stored is None:
             if stored is not None and replaced_by_replay(stored, delivery.replay_id):
                 log.info("replay of a failed task: running it again")
@@ -768,14 +849,56 @@ class Worker:
         await self._settle(delivery)
         return True
 
+    async def _refuse_reused_task_id(self, delivery: Delivery, command: ExecutionCommand) -> None:
+        """The task id has an outcome of another command: dead-letter this one as invalid and
+        answer its sender (its reply queue only) with a failure that carries nothing of the other.
+        Nothing goes to the results exchange or the status events: those speak for the task
+        that really has this id, and must not contradict its result."""
+        reason = "task_id reused with different parameters"
+        log.warning("invalid command dead-lettered: %s", reason)
+        await self._dead_letter(
+            delivery,
+            DeadLetterHeaders(
+                error_category=ErrorCategory.INVALID,
+                error=reason,
+                attempts=delivery.attempts_before,
+                task_id=command.task_id,
+                dead_lettered_at=utcnow(),
+                worker_id=self.worker_id,
+            ),
+            routing_key=self._dead_letter_routing_key(delivery, command.execution_type.value),
+        )
+        reply_to, correlation_id = self._reply_of(delivery, command)
+        if reply_to:
+            now = utcnow()
+            refusal = ExecutionResult(
+                task_id=command.task_id,
+                success=False,
+                error=reason,
+                error_category=ErrorCategory.INVALID,
+                attempts=delivery.attempts_before,
+                worker_id=self.worker_id,
+                started_at=now,
+                finished_at=now,
+                execution_type=command.execution_type,
+            )
+            # Its own message id: it is not a copy of the task's result.
+            await self._publish_reply(
+                encode(refusal), refusal.task_id, reply_to, correlation_id, f"refused:{delivery.message_id}"
+            )
+        await self._settle(delivery)
+
     async def _reject_invalid(self, delivery: Delivery, exc: InvalidMessage) -> None:
-        """Not a command we can run (not JSON, wrong types, unknown type): dead-letter it with the
-        reason, and answer its task (when it has a readable task id) with a failure result."""
+        """Not a command we can run (not JSON, wrong types, unknown type, over a limit): dead-letter
+        it with the reason, and answer its task (when it has a readable task id) with a failure
+        result. What is read of a rejected message is checked like a valid one's: a known
+        execution type for the routing key, a reply queue that is not ours, AMQP-sized ids."""
         task_id = exc.task_id
         log.warning("invalid command dead-lettered: %s", exc)
         tracing.set_outcome("invalid", error=str(exc))
-        fields = peek(delivery.message.body)
-        execution_type = _text_field(fields, "execution_type") or "unknown"
+        fields = peek(delivery.message.body, self.limits)
+        peeked_type = _text_field(fields, "execution_type")
+        execution_type = peeked_type if peeked_type in _KNOWN_TYPES else UNKNOWN_EXECUTION_TYPE
         await self._dead_letter(
             delivery,
             DeadLetterHeaders(
@@ -827,8 +950,9 @@ class Worker:
         covers it; the message's own expiration is the exact delay."""
         tier = self.spec.retry_tier_for(delay)
         original = delivery.message
-        headers = dict(original.headers or {})
-        headers[h.ATTEMPTS] = attempts
+        headers = _forwarded_headers(original.headers or {})
+        if self._seal is not None and attempts > 0:
+            headers.update(self._seal.headers(original.body, attempts))
         message = aio_pika.Message(
             original.body,
             headers=headers,
@@ -892,7 +1016,10 @@ class Worker:
             reraise=True,
         ):
             with attempt:
-                confirmed = await exchange.publish(message, routing_key, mandatory=mandatory, timeout=10)
+                try:
+                    confirmed = await exchange.publish(message, routing_key, mandatory=mandatory, timeout=10)
+                except (TypeError, ValueError) as exc:  # encoding: a property, header or key too long
+                    raise Unpublishable(str(exc)) from exc
                 return not isinstance(confirmed, aiormq.abc.DeliveredMessage)
         return False  # pragma: no cover - AsyncRetrying either returns or raises
 
@@ -926,17 +1053,26 @@ class Worker:
             self.spec.result_routing_key(execution_type, result.outcome.value),
             self._message(body, correlation_id=correlation, headers=headers, message_id=message_id),
         )
-        if reply_to and self.spec.names_ours(reply_to):
-            log.warning("reply not sent: reply_to %r names a queue of our own topology", reply_to)
-        elif reply_to:
-            delivered = await self._publish(
-                self._reply_exchange,
-                reply_to,
-                self._message(body, correlation_id=correlation, headers=headers, message_id=message_id),
-                mandatory=True,
-            )
-            if not delivered:
-                log.warning("reply not delivered: no queue %r (the caller is gone)", reply_to)
+        if reply_to:
+            await self._publish_reply(body, result.task_id, reply_to, correlation_id, message_id)
+
+    async def _publish_reply(
+        self, body: bytes, task_id: str, reply_to: str, correlation_id: str | None, message_id: str
+    ) -> None:
+        problem = self.spec.reply_to_problem(reply_to)
+        if problem is not None:  # refused when the command came in; this is the last line
+            log.warning("reply not sent: %s", problem)
+            return
+        delivered = await self._publish(
+            self._reply_exchange,
+            reply_to,
+            self._message(
+                body, correlation_id=correlation_id or task_id, headers={h.TASK_ID: task_id}, message_id=message_id
+            ),
+            mandatory=True,
+        )
+        if not delivered:
+            log.warning("reply not delivered: no queue %r (the caller is gone)", reply_to)
 
     async def _dead_letter(self, delivery: Delivery, why: DeadLetterHeaders, *, routing_key: str) -> None:
         original = delivery.message
@@ -1008,9 +1144,40 @@ def _is_being_cancelled() -> bool:
 
 
 def _text_field(fields: dict[str, Any], name: str) -> str | None:
+    """A field of a rejected message, if it is a well-formed identifier (AMQP-sized, printable)."""
     return _short_text(fields.get(name))
 
 
 def _short_text(value: Any) -> str | None:
     """A usable AMQP short string (reply queue, correlation id), or None."""
-    return value if isinstance(value, str) and value and len(value) <= 255 and value.isprintable() else None
+    return value if is_identifier(value) else None
+
+
+def _peek_task_id(body: bytes, worker: Worker) -> str | None:
+    task_id = peek(body, worker.limits).get("task_id")
+    return task_id if is_identifier(task_id, MAX_TASK_ID_LENGTH) else None
+
+
+# What a retry may carry of the headers a publisher set. A content header must fit in one AMQP
+# frame (128 KiB): headers just under that, plus ours, would make the retry's publish close the
+# worker's connection (FRAME_ERROR), again on every redelivery.
+MAX_FORWARDED_HEADER_BYTES = 16_384
+# Ours to write (a sealed count) or the broker's (set on redelivery): never a publisher's.
+_OWN_HEADERS = (h.ATTEMPTS, SEAL, DELIVERY_COUNT)
+
+
+def _forwarded_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """The publisher's headers to carry through a retry queue: all of them when they are small,
+    else only the replay id (the one the worker reads back), if it is itself short. Attempt
+    counts are never copied (the worker writes a sealed one), nor the broker's delivery count."""
+    kept = {k: v for k, v in headers.items() if k not in _OWN_HEADERS}
+    try:
+        size = len(pamqp.encode.field_table(kept))
+    except Exception:  # not even encodable: keep none of it
+        size = MAX_FORWARDED_HEADER_BYTES + 1
+    if size <= MAX_FORWARDED_HEADER_BYTES:
+        return kept
+    log.warning("the command's headers are %d bytes: only the replay id goes through the retry queue", size)
+    replay = kept.get(h.REPLAY_ID)
+    replay = replay.decode("utf-8", "replace") if isinstance(replay, bytes) else replay
+    return {h.REPLAY_ID: replay} if is_identifier(replay) else {}

@@ -1,6 +1,6 @@
 """The wire contract of Dagger Adapter. Imports nothing else of the project."""
 
-from schemas.codec import CONTENT_TYPE, decode, decode_command, encode, peek
+from schemas.codec import CONTENT_TYPE, decode, decode_command, encode, fingerprint, peek
 from schemas.enums import ErrorCategory, ExecutionType, Outcome, TaskState
 from schemas.errors import InvalidMessage
 from schemas.headers import DeadLetterHeaders
@@ -50,6 +50,7 @@ __all__ = [
     "decode",
     "decode_command",
     "encode",
+    "fingerprint",
     "parse_parameters",
     "peek",
     "result_message_id",

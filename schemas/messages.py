@@ -15,13 +15,29 @@ from schemas.enums import ErrorCategory, ExecutionType, Outcome, TaskState
 
 SCHEMA_VERSION = 1
 
+# Identifiers end up in AMQP properties (short strings: at most 255 bytes), headers, Valkey keys,
+# logs and terminals: printable, no whitespace, short. The pattern is what JSON Schema can say;
+# ``__post_init__`` adds the rest (Unicode format characters, the UTF-8 byte length).
+MAX_TASK_ID_LENGTH = 200
+AMQP_SHORTSTR_BYTES = 255
+_PRINTABLE = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
 TaskId = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
-        max_length=200,
-        pattern=r"^[^\s]+$",
-        description="Caller-chosen unique id of the task; the idempotency key.",
+        max_length=MAX_TASK_ID_LENGTH,
+        pattern=_PRINTABLE,
+        description="Caller-chosen unique id of the task; the idempotency key. Printable, no whitespace, "
+        f"at most {MAX_TASK_ID_LENGTH} characters and {AMQP_SHORTSTR_BYTES} bytes in UTF-8.",
+    ),
+]
+AmqpShortString = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=AMQP_SHORTSTR_BYTES,
+        pattern=_PRINTABLE,
+        description=f"Printable, no whitespace, at most {AMQP_SHORTSTR_BYTES} bytes in UTF-8 (an AMQP short string).",
     ),
 ]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -42,8 +58,8 @@ class ExecutionCommand(msgspec.Struct, kw_only=True, omit_defaults=True):
     submitted_at: datetime | None = None
     schema_version: Annotated[int, msgspec.Meta(ge=1)] = SCHEMA_VERSION
     # Request/reply: the result is also sent to this queue, with correlation_id (or task_id).
-    reply_to: str | None = None
-    correlation_id: str | None = None
+    reply_to: AmqpShortString | None = None
+    correlation_id: AmqpShortString | None = None
 
     def __repr__(self) -> str:
         # parameters may carry secrets and registry credentials: a repr shows only their keys.
@@ -53,10 +69,36 @@ class ExecutionCommand(msgspec.Struct, kw_only=True, omit_defaults=True):
         )
 
     def __post_init__(self) -> None:
+        for name in ("task_id", "reply_to", "correlation_id"):
+            problem = identifier_problem(getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"{name} {problem}")
         if self.schema_version > SCHEMA_VERSION:
             raise ValueError(
                 f"schema_version {self.schema_version} is newer than this worker understands ({SCHEMA_VERSION})"
             )
+
+
+def identifier_problem(value: str | None) -> str | None:
+    """What is wrong with an identifier the schema's pattern cannot fully check (None: nothing)."""
+    if value is None:
+        return None
+    if not value.isprintable():
+        return "contains characters that are not printable"
+    if len(value.encode("utf-8", "surrogatepass")) > AMQP_SHORTSTR_BYTES:
+        return f"is longer than {AMQP_SHORTSTR_BYTES} bytes in UTF-8"
+    return None
+
+
+def is_identifier(value: object, max_length: int = AMQP_SHORTSTR_BYTES) -> bool:
+    """Whether ``value`` is a valid identifier (``max_length=MAX_TASK_ID_LENGTH`` for a task id);
+    for reading one out of a message that failed validation."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and not any(c.isspace() for c in value)
+        and identifier_problem(value) is None
+    )
 
 
 class ExecutionResult(msgspec.Struct, kw_only=True):

@@ -47,11 +47,12 @@ class RegistryCredentials(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
 
 
 class VolumeMount(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A host directory mounted into the container.
+    """A host directory mounted into the container, read-only.
 
     ``source`` must resolve inside one of the worker's ``allowed_volume_roots``. With
-    ``writable: true`` the directory's content after a successful run is exported back to
-    ``source``.
+    ``writable: true`` the mount is writable, ``source`` must lie under one of its
+    ``allowed_output_roots`` instead, and after a successful run ``source`` is made to hold
+    exactly the volume's final content (files deleted in the container are deleted).
     """
 
     source: NonEmptyStr
@@ -109,6 +110,10 @@ class PipelineParameters(CommonParameters, kw_only=True, forbid_unknown_fields=T
             raise ValueError("give exactly one of `pipeline` or `module` + `function`")
         if self.module is not None and self.function is None:
             raise ValueError("`module` needs a `function` to call")
+        if self.module is not None and (self.environment or self.volumes):
+            # Nothing is silently dropped: a module function gets its inputs as `args` only.
+            given = " and ".join(n for n in ("environment", "volumes") if getattr(self, n))
+            raise ValueError(f"a module call takes no {given}: pass what the function needs as `args`")
         if self.pipeline is not None:
             if not self.pipeline:
                 raise ValueError("`pipeline` must have at least one operation")

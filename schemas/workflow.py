@@ -12,6 +12,13 @@ from typing import Annotated
 import msgspec
 
 StepName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+WorkspacePath = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^/",
+        description="A scratch directory mounted writable into every step, passed along depends_on, never on the host",
+    ),
+]
 
 
 class WorkflowStep(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -34,6 +41,10 @@ class WorkflowDefinition(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     image: str | None = None  # default image of every step; `container_image` overrides it
     environment: dict[str, str] = {}
     workdir: str | None = None
+    # A scratch directory (absolute path) mounted writable into every step and passed along
+    # `depends_on` like a volume, but never read from or written to the host: where steps
+    # hand files to each other while the host volumes stay read-only.
+    workspace: WorkspacePath | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

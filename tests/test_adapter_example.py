@@ -66,7 +66,7 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
     # The engine stands in for python: `process` writes the JSON, `summarize` prints it.
     dagger_engine.on_exec(
         is_step("csv.DictReader"),
-        ExecOutcome(stdout="wrote results.json: 2 rows\n", files={"/data/results.json": json.dumps(RESULTS)}),
+        ExecOutcome(stdout="wrote /work/results.json: 2 rows\n", files={"/work/results.json": json.dumps(RESULTS)}),
     )
     dagger_engine.on_exec(is_step("json.load"), ExecOutcome(stdout=f"{RESULTS}\n"))
 
@@ -78,7 +78,7 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
     steps = result.result["steps"]
     assert list(steps) == ["validate", "checksum", "process", "summarize"]
     assert all(s["status"] == "succeeded" and s["exit_code"] == 0 for s in steps.values())
-    assert steps["process"]["stdout"] == "wrote results.json: 2 rows\n"
+    assert steps["process"]["stdout"] == "wrote /work/results.json: 2 rows\n"
     assert json.loads(result.result["outputs"]["summarize"]["results"]) == RESULTS
 
     data = str((example_dir / "data").resolve())
@@ -92,11 +92,13 @@ async def test_the_usage_example_runs_the_example_workflow(dagger_engine: TestEn
         assert record.image == "python:3.12-slim"  # container_image overrides the workflow's image
         assert record.workdir == "/data"
         assert record.env["DEBUG"] == "true" and record.env["PYTHONUNBUFFERED"] == "1"
-    assert by_name["validate"].mounts == {"/data": ("host", data)}
-    assert by_name["validate"].args == ["sh", "-c", 'test -s data.csv && echo "found data.csv"']
+    assert by_name["validate"].mounts == {"/data": ("host", data), "/work": ("directory", "")}
+    # the input reaches the shell as a variable, never as script text
+    assert by_name["validate"].args == ["sh", "-c", 'test -s "${INPUT_DATA_FILE}" && echo "found ${INPUT_DATA_FILE}"']
+    assert by_name["validate"].env["INPUT_DATA_FILE"] == "data.csv"
     assert steps["validate"]["stdout"] == "found data.csv\n"
     assert by_name["checksum"].args == ["sha256sum", "data.csv"]
-    assert by_name["process"].args[-2:] == ["data.csv", "results.json"]
+    assert by_name["process"].args[-2:] == ["data.csv", "/work/results.json"]
     assert by_name["process"].env["ROUND_DIGITS"] == "2"
     # read-only volume: nothing written back to ./data
     assert dagger_engine.exports == [] and sorted(os.listdir(data)) == ["data.csv"]

@@ -38,7 +38,8 @@ async def test_a_chain_is_applied_in_order_with_objects_converted(dagger_engine:
     assert record.image == "python:3.12-slim" and record.args == ["python", "main.py"]
     assert record.env == {"MODE": "ci"}
     assert record.mounts == {"/src": ("host", str(src.resolve())), "/root/.cache/pip": ("cache", "pip-cache")}
-    assert record.secret_env == {"PYPI_TOKEN": "pl-1/pypi"}
+    # every secret as a variable of its own name at the start (as in workflows), and where the chain says
+    assert record.secret_env == {"pypi": "pl-1/pypi", "PYPI_TOKEN": "pl-1/pypi"}
     assert (record.workdir, record.user, record.expect) == ("/src", "1000", "SUCCESS")
     assert result.result["exit_code"] == 0 and "pypi-token-value" not in repr(result)
 
@@ -101,7 +102,8 @@ async def test_export_operations_write_back_under_the_path_rules(dagger_engine: 
             )
         )
     assert result.success, result.error
-    assert dagger_engine.exports == [(str(out.resolve()), {"app.txt": "built\n"})]
+    assert [files for _staging, files in dagger_engine.exports] == [{"app.txt": "built\n"}]
+    assert (out / "app.txt").read_text() == "built\n"
     assert result.result["exported"] == [str(out.resolve())]
 
 

@@ -14,7 +14,7 @@ from schemas import ExecutionCommand, ExecutionType
 
 def adapter_config(tmp_path: Path, **overrides: Any) -> DaggerAdapterConfig:
     """Fast failure paths: tiny backoff, no jitter, short timeouts; caching off unless a test
-    gives a ``valkey_url``. Host paths are allowed under ``tmp_path/data``."""
+    gives a ``valkey_url``. Host paths may be read and written under ``tmp_path/data``."""
     workflows = tmp_path / "workflows"
     workflows.mkdir(exist_ok=True)
     data = tmp_path / "data"
@@ -22,6 +22,7 @@ def adapter_config(tmp_path: Path, **overrides: Any) -> DaggerAdapterConfig:
     values: dict[str, Any] = {
         "workflow_directory": str(workflows),
         "allowed_volume_roots": [str(data)],
+        "allowed_output_roots": [str(data)],
         "cache_directory": str(tmp_path / "cache"),
         "caching_enabled": "valkey_url" in overrides,
         "max_retries": 2,

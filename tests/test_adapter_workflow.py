@@ -61,14 +61,16 @@ async def test_steps_run_in_dependency_order_with_images_env_and_inputs(
     fetch = by_step[("echo", "fetching v1 final")]
     lint, test = by_step[("echo", "lint")], by_step[("echo", "test")]
     package = next(r for r in dagger_engine.execs if r.args[0] == "sh")
-    # exec form: the input is substituted into the argument as is; shell form: quoted for its place
-    assert package.args == ["sh", "-c", 'tar czf "v1 final.tgz" .']
+    # exec form: the input is substituted into the argument as is; shell form: a reference to
+    # the input's variable (the value never enters the script), which every step gets
+    assert package.args == ["sh", "-c", 'tar czf "${INPUT_REF}.tgz" .']
+    assert all(r.env["INPUT_REF"] == "v1 final" for r in dagger_engine.execs)
     assert package.workdir == "/src"
     # images: the workflow's, overridden per step
     assert (fetch.image, test.image, package.image) == ("alpine:3.20", "python:3.12-slim", "alpine:3.20")
     # env: workflow < step < command
-    assert test.env == {"STAGE": "workflow", "LEVEL": "step", "CI": "1"}
-    assert lint.env == {"STAGE": "workflow", "LEVEL": "workflow", "CI": "1"}
+    assert test.env == {"STAGE": "workflow", "LEVEL": "step", "CI": "1", "INPUT_REF": "v1 final"}
+    assert lint.env == {"STAGE": "workflow", "LEVEL": "workflow", "CI": "1", "INPUT_REF": "v1 final"}
     # order: a step starts after every step it depends on has finished
     assert lint.started_at >= fetch.finished_at and test.started_at >= fetch.finished_at
     assert package.started_at >= max(lint.finished_at, test.finished_at)
@@ -135,9 +137,9 @@ steps:
     assert result.result["steps"]["consume"]["stdout"] == "made by produce\nraw\n"
     assert result.result["outputs"] == {"consume": {"made": "made by produce\n"}}
     assert result.result["exported"] == [str(data.resolve())]
-    ((host_path, files),) = dagger_engine.exports
-    assert host_path == str(data.resolve())
+    ((_staging, files),) = dagger_engine.exports  # the engine writes to a private staging directory
     assert files == {"input.txt": "raw\n", "made.txt": "made by produce\n"}
+    assert {p.name: p.read_text() for p in data.iterdir()} == files  # installed where the volume said
 
 
 async def test_read_only_volumes_are_not_exported(dagger_engine: TestEngine, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from consumer.decisions import (
@@ -107,3 +108,20 @@ def test_a_replay_runs_a_failed_task_again_but_never_a_succeeded_one() -> None:
     assert answer(stored(False, replay_id="r1"), message_id="m2", replay_id="r2") is LedgerAnswer.RUN
     assert answer(stored(False, replay_id="r1"), message_id="m2", replay_id="r1") is LedgerAnswer.REPUBLISH
     assert answer(stored(True), message_id="m2", replay_id="r2") is LedgerAnswer.REPUBLISH
+
+
+def test_a_task_id_reused_by_another_command_is_refused_even_as_a_replay() -> None:
+    record = msgspec.structs.replace(stored(False, replay_id="r1"), fingerprint="f-original")
+    assert answer_from_ledger(record, message_id="m2", replay_id=None, leased=False, fingerprint="f-other") is (
+        LedgerAnswer.REFUSE_REUSED
+    )
+    assert answer_from_ledger(record, message_id="m2", replay_id="r2", leased=False, fingerprint="f-other") is (
+        LedgerAnswer.REFUSE_REUSED
+    )
+    # The same command: answered as before; an older record without a fingerprint: too.
+    assert answer_from_ledger(record, message_id="m2", replay_id=None, leased=False, fingerprint="f-original") is (
+        LedgerAnswer.REPUBLISH
+    )
+    assert answer_from_ledger(stored(True), message_id="m2", replay_id=None, leased=False, fingerprint="f") is (
+        LedgerAnswer.REPUBLISH
+    )

@@ -67,7 +67,7 @@ def test_data_processing_runs_the_example_workflow_on_the_example_data(
     def python_step(marker: str):  # type: ignore[no-untyped-def]
         return lambda record: record.args[:2] == ["python", "-c"] and marker in record.args[2]
 
-    dagger_engine.on_exec(python_step("csv.DictReader"), ExecOutcome(files={"/data/results.json": json.dumps(totals)}))
+    dagger_engine.on_exec(python_step("csv.DictReader"), ExecOutcome(files={"/work/results.json": json.dumps(totals)}))
     dagger_engine.on_exec(python_step("json.load"), ExecOutcome(stdout=f"{totals}\n"))
     monkeypatch.chdir(ROOT)  # as the file says: run from the repository root
 
@@ -77,4 +77,5 @@ def test_data_processing_runs_the_example_workflow_on_the_example_data(
     assert json.loads(result["result"]["outputs"]["summarize"]["results"]) == totals
     validate = next(e for e in dagger_engine.execs if e.args[:2] == ["sh", "-c"])
     assert validate.mounts["/data"] == ("host", str(ROOT / "examples" / "data"))
+    assert validate.mounts["/work"] == ("directory", "")  # the workspace: where process leaves results.json
     assert not (ROOT / "examples" / "data" / "results.json").exists()  # the volume is read-only

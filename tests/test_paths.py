@@ -24,9 +24,11 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def rules(tree: Path, roots: list[str] | None = None) -> PathRules:
+def rules(tree: Path, roots: list[str] | None = None, outputs: list[str] | None = None) -> PathRules:
     return PathRules(
-        volume_roots=roots if roots is not None else [str(tree / "data")], workflow_directory=tree / "workflows"
+        volume_roots=roots if roots is not None else [str(tree / "data")],
+        workflow_directory=tree / "workflows",
+        output_roots=outputs if outputs is not None else [str(tree / "data")],
     )
 
 
@@ -69,7 +71,7 @@ def test_a_symlink_pointing_out_of_a_root_is_refused(tree: Path) -> None:
     message = refused(rules(tree).host_directory, str(tree / "data" / "escape"))
     assert "outside" in message
     # and an export target under such a link, even if it does not exist yet
-    refused(rules(tree).export_target, str(tree / "data" / "escape" / "new-file"))
+    assert "symlink" in refused(rules(tree).output_path, str(tree / "data" / "escape" / "new-file"), directory=False)
 
 
 def test_a_symlink_staying_inside_is_fine(tree: Path) -> None:
@@ -84,10 +86,41 @@ def test_missing_directory_and_file_instead_of_directory(tree: Path) -> None:
     refused(rules(tree).host_file, str(tree / "secret" / "key"))
 
 
-def test_export_target_may_not_exist_yet_but_must_be_inside(tree: Path) -> None:
-    target = rules(tree).export_target(str(tree / "data" / "out" / "report"))
-    assert target == (tree / "data").resolve() / "out" / "report"
-    refused(rules(tree).export_target, str(tree / "elsewhere"))
+def test_export_target_may_not_exist_yet_but_must_be_inside_an_output_root(tree: Path) -> None:
+    target = rules(tree).output_path(str(tree / "data" / "out" / "report"), directory=False)
+    assert target.path == (tree / "data").resolve() / "out" / "report"
+    assert target.root == (tree / "data").resolve() and target.parts == ("out", "report")
+    assert "allowed_output_roots" in refused(rules(tree).output_path, str(tree / "elsewhere"), directory=True)
+
+
+def test_reading_does_not_grant_writing(tree: Path) -> None:
+    # data is a read root; only data/out is an output root
+    r = rules(tree, outputs=[str(tree / "data" / "out")])
+    assert r.host_directory(str(tree / "data" / "in")) == (tree / "data" / "in").resolve()
+    assert "allowed_output_roots" in refused(r.output_path, str(tree / "data" / "in" / "x"), directory=False)
+    # and with no output root configured nothing may be written at all
+    none = rules(tree, outputs=[])
+    assert "writes nothing to its host" in refused(none.output_path, str(tree / "data" / "x"), directory=False)
+
+
+def test_writes_never_reach_the_workflow_directory_even_under_an_output_root(tree: Path) -> None:
+    r = rules(tree, outputs=[str(tree)])
+    for target, directory in [
+        (tree / "workflows" / "build.yml", False),  # a file inside it
+        (tree / "workflows" / "new", True),
+        (tree, True),  # a directory export around it could wipe it
+    ]:
+        assert "what the worker itself reads" in refused(r.output_path, str(target), directory=directory)
+    assert r.output_path(str(tree / "report.txt"), directory=False).path == tree.resolve() / "report.txt"
+
+
+def test_write_paths_may_not_pass_through_any_symlink(tree: Path) -> None:
+    out = tree / "data" / "out"
+    out.mkdir()
+    (out / "alias").symlink_to(out)  # even one that stays inside the root
+    assert "symlink" in refused(rules(tree).output_path, str(out / "alias" / "f"), directory=False)
+    (out / "file").symlink_to(tree / "workflows" / "build.yml")
+    assert "symlink" in refused(rules(tree).output_path, str(out / "file"), directory=False)
 
 
 def test_without_roots_the_working_directory_is_the_root(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,10 +133,15 @@ def test_without_roots_the_working_directory_is_the_root(tree: Path, monkeypatch
 def test_the_adapters_own_data_is_never_exposed(tree: Path) -> None:
     cache = tree / "data" / ".cache"
     (cache / "valkey").mkdir(parents=True)
-    guarded = PathRules(volume_roots=[str(tree / "data")], workflow_directory=tree / "workflows", protected=[cache])
+    guarded = PathRules(
+        volume_roots=[str(tree / "data")],
+        workflow_directory=tree / "workflows",
+        protected=[cache],
+        output_roots=[str(tree / "data")],
+    )
     assert "adapter's own data" in refused(guarded.host_directory, str(cache / "valkey"))
     assert "adapter's own data" in refused(guarded.host_directory, str(tree / "data"))  # it holds the cache
-    assert "adapter's own data" in refused(guarded.export_target, str(cache / "dump.rdb"))
+    assert "what the worker itself reads" in refused(guarded.output_path, str(cache / "dump.rdb"), directory=False)
     assert guarded.host_directory(str(tree / "data" / "in")) == (tree / "data" / "in").resolve()
 
 

@@ -16,9 +16,16 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from consumer.client import DeadLetterQueue, ExecutionClient, Selector
 from consumer.client.dead_letters import replay_id_for, replay_message
 from consumer.ledger import Ledger
-from schemas import ExecutionResult, decode, encode
+from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, decode, encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
-from tests.support.worker_process import Observer, command, publish_command, wait_until, waiting_commands
+from tests.support.worker_process import (
+    Observer,
+    command,
+    drain_queue,
+    publish_command,
+    wait_until,
+    waiting_commands,
+)
 from tests.test_worker import StartWorker, dead_letters, settle, start_worker, stop_worker, take_over_lease, worker_log
 from topology import Topology, queue_depths
 
@@ -89,8 +96,16 @@ async def test_a_reply_to_naming_our_own_topology_is_not_followed(
     await observer.wait_for(lambda: len(observer.results) >= 2, 30, "both results on the results exchange")
     await settle(observer, worker)
     depths = await queue_depths(amqp, topology_spec)
-    assert depths[topology_spec.tasks_queue] == 0 and depths[topology_spec.dead_queue] == 0
+    assert depths[topology_spec.tasks_queue] == 0
     assert len(observer.results) == 2
+    # Refused as it came in (the property is the sender's word like the body): one invalid dead
+    # letter each, the command itself; nothing was published into our queues.
+    assert all(r.error_category is not None and r.error_category.value == "invalid" for r in observer.results)
+    letters = await drain_queue(channel, topology_spec.dead_queue)
+    assert sorted(decode(m.body, ExecutionCommand).task_id for m in letters) == sorted(
+        f"inject-{t}" for t in (topology_spec.tasks_queue, topology_spec.dead_queue)
+    )
+    assert all("reply_to:" in DeadLetterHeaders.from_headers(dict(m.headers)).error for m in letters)
 
 
 async def test_a_worker_whose_lease_was_taken_over_publishes_nothing_and_the_task_still_gets_one_result(

@@ -6,7 +6,7 @@ from typing import Any
 
 from schemas import CONTENT_TYPE, ExecutionType, Outcome, TaskState
 from schemas.jsonschema import components
-from topology.spec import Topology
+from topology.spec import UNKNOWN_EXECUTION_TYPE, Topology
 
 
 def asyncapi_document(spec: Topology, version: str) -> dict[str, Any]:
@@ -34,7 +34,8 @@ def asyncapi_document(spec: Topology, version: str) -> dict[str, Any]:
             spec.results_exchange,
             "topic",
             "ExecutionResult",
-            f"Results; outcome is one of {[o.value for o in Outcome]}.",
+            f"Results; outcome is one of {[o.value for o in Outcome]}; execution_type is one of {types}, "
+            f"or {UNKNOWN_EXECUTION_TYPE!r} for an invalid command of an unknown type.",
         ),
         "task_status": channel(
             "task.{state}",

@@ -29,6 +29,13 @@ from typing import Any, Literal
 
 ExchangeKind = Literal["topic", "direct", "fanout"]
 
+# The results routing key of a message whose execution type is not one we know (an invalid
+# command): a sender's text never becomes a routing key.
+UNKNOWN_EXECUTION_TYPE = "unknown"
+# Queues a reply may go to although they are in the broker's reserved ``amq.`` namespace:
+# RabbitMQ's direct reply-to, and server-named queues (how most RPC clients name theirs).
+REPLY_QUEUES_IN_AMQ = ("amq.rabbitmq.reply-to", "amq.gen-")
+
 RETRY_ROUTING_PREFIX = "retry"  # routing key of a retried command when it re-enters the tasks exchange
 HEARTBEAT_ROUTING_KEY = "worker.heartbeat"
 
@@ -138,6 +145,20 @@ class Topology:
         return f"task.{state}"
 
     heartbeat_routing_key = HEARTBEAT_ROUTING_KEY
+
+    # --- where a worker may publish on a sender's behalf ---
+    def reply_to_problem(self, name: str) -> str | None:
+        """Why a reply may not be sent to ``name`` (None: it may).
+
+        Replies are published to the default exchange, which delivers to the queue of that name:
+        a sender must not be able to aim a worker's publish at the deployment's own queues (a
+        result in the tasks queue, a forged dead letter, a fake retry) nor at the broker's
+        reserved names. Everything under this topology's prefix is the deployment's."""
+        if self.names_ours(name):
+            return f"{name!r} is a queue or exchange of the {self.prefix!r} topology, not a reply queue"
+        if name.startswith("amq.") and not name.startswith(REPLY_QUEUES_IN_AMQ):
+            return f"{name!r} is in RabbitMQ's reserved amq. namespace, not a reply queue"
+        return None
 
     # --- retry tiers ---
     @property

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 from rich.status import Status
+from rich.text import Text
 
 # Off a terminal (pipes, CI logs, tests) rich would assume 80 columns and cut ids short.
 _WIDE = 200
@@ -22,6 +23,25 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _WIDE)
+
+
+def safe(value: object, *, newlines: bool = False) -> str:
+    """Text from a message, made safe for a terminal: control characters (and other characters
+    that are not printable, like bidirectional overrides) shown as escapes, e.g. ``\\x1b``."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or (newlines and c == "\n") else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def plain(value: object, style: str = "", *, newlines: bool = False) -> Text:
+    """Text from a message for rich output: never read as markup (``[/bold]`` is shown as
+    written), control characters escaped."""
+    return Text(safe(value, newlines=newlines), style=style)
 
 
 class TaskSpinner:
@@ -36,7 +56,7 @@ class TaskSpinner:
 
     def __enter__(self) -> Any:
         if self.console.is_terminal:
-            self.spinner = self.console.status(self._text())
+            self.spinner = self.console.status(Text(self._text()))
             self.spinner.start()
         return self
 
@@ -45,10 +65,18 @@ class TaskSpinner:
             self.spinner.stop()
 
     def _text(self) -> str:
+        """What the spinner shows (plain text, already made safe: ``elapsed`` does that)."""
         raise NotImplementedError
 
+    def show(self) -> None:
+        """Refresh the spinner, or print a plain line when there is none."""
+        if self.spinner is not None:
+            self.spinner.update(Text(self._text()))
+        else:
+            notice(self._text())
+
     def elapsed(self, doing: str) -> str:
-        return f"task {self.task_id}: {doing} ({time.monotonic() - self.started:.0f} s)"
+        return safe(f"task {self.task_id}: {doing} ({time.monotonic() - self.started:.0f} s)")
 
 
 def print_json(value: Any) -> None:

@@ -7,12 +7,13 @@ import sys
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from consumer.cli.arg_types import positive_int
 from consumer.cli.broker_session import run_async
 from consumer.cli.common import EXIT_OK, EXIT_USAGE, CliError, config_from
 from consumer.cli.connect import connect
-from consumer.cli.console import print_json, stdout_console
+from consumer.cli.console import plain, print_json, safe, stdout_console
 from consumer.client import DeadLetter, DeadLetterQueue, Replayed, ReplayIncomplete, Selector
 from consumer.client.publishing import require_queue
 from consumer.config import DaggerAdapterConfig, topology_for
@@ -114,12 +115,13 @@ def run_list(args: argparse.Namespace) -> int:
         for column in ("id", "task id", "category", "error", "attempts", "when"):
             table.add_column(column, no_wrap=column in ("id", "task id"))
         for letter in letters:
-            error = letter.reason.error.replace("\n", " ")
+            # Ids, categories and errors come from messages: plain text, control characters escaped.
+            error = safe(letter.reason.error.replace("\n", " "))
             table.add_row(
-                letter.id,
-                letter.task_id or "-",
+                plain(letter.id),
+                plain(letter.task_id or "-"),
                 _category(letter.category),
-                error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
+                plain(error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…"),
                 str(letter.reason.attempts),
                 letter.when.strftime("%Y-%m-%d %H:%M:%S") if letter.when else "-",
             )
@@ -131,9 +133,9 @@ def run_list(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
-def _category(category: str) -> str:
+def _category(category: str) -> Text:
     colour = {"transient": "yellow", "timeout": "yellow", "invalid": "magenta", "permanent": "red"}.get(category)
-    return f"[{colour}]{category}[/]" if colour else category
+    return plain(category, colour or "")
 
 
 # --- show ---
@@ -146,23 +148,24 @@ def run_show(args: argparse.Namespace) -> int:
         console = stdout_console()
         for letter in letters:
             info = letter.to_json()
-            table = Table(show_header=False, box=None, title=f"dead letter {letter.id}", title_justify="left")
+            table = Table(show_header=False, box=None, title=plain(f"dead letter {letter.id}"), title_justify="left")
             table.add_column(style="bold")
             table.add_column()
             for key in ("task_id", "execution_type", "category", "error", "attempts", "dead_lettered_at", "worker_id"):
                 value = info[key]
-                table.add_row(key.replace("_", " "), "-" if value is None else str(value))
-            table.add_row("routing key", letter.routing_key)
+                table.add_row(key.replace("_", " "), plain("-" if value is None else value, newlines=key == "error"))
+            table.add_row("routing key", plain(letter.routing_key))
             console.print(table)
             console.print("[bold]properties[/]")
-            console.print_json(data={k: v for k, v in info["properties"].items() if v is not None})
+            # ensure_ascii: control and bidi characters of the message as \u escapes, never raw.
+            console.print_json(data={k: v for k, v in info["properties"].items() if v is not None}, ensure_ascii=True)
             console.print("[bold]headers[/]")
-            console.print_json(data=info["headers"])
+            console.print_json(data=info["headers"], ensure_ascii=True)
             console.print("[bold]body[/]")
             if isinstance(info["body"], str):
-                console.print(info["body"], markup=False)
+                console.print(plain(info["body"], newlines=True))
             else:
-                console.print_json(data=info["body"])
+                console.print_json(data=info["body"], ensure_ascii=True)
         return EXIT_OK
 
     return _run(args, action)
@@ -207,7 +210,9 @@ def _report_replay(moved: list[Replayed], dlq: DeadLetterQueue, args: argparse.N
         for column in ("id", "task id", "routing key", "replay id"):
             table.add_column(column, no_wrap=True)
         for m in moved:
-            table.add_row(m.letter.id, m.letter.task_id or "-", m.routing_key, m.replay_id or "-")
+            table.add_row(
+                *(plain(v) for v in (m.letter.id, m.letter.task_id or "-", m.routing_key, m.replay_id or "-"))
+            )
         console.print(table)
     verb = "would replay" if args.dry_run else "replayed"
     console.print(f"{verb} {len(moved)} dead letter(s) to {dlq.topology.tasks_exchange}")

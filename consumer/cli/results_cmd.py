@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import time
 
+from rich.text import Text
 from valkey.exceptions import ValkeyError
 
 from consumer.cli.arg_types import positive_int, positive_seconds, since
@@ -19,7 +20,7 @@ from consumer.cli.common import (
     CliError,
     config_from,
 )
-from consumer.cli.console import notice, print_json, seconds_text, stdout_console
+from consumer.cli.console import notice, plain, print_json, seconds_text, stdout_console
 from consumer.cli.submit_cmd import show_result
 from consumer.client import ResultStore
 from consumer.config import redact_url, topology_for
@@ -159,13 +160,21 @@ def show(result: ExecutionResult, as_json: bool) -> None:
     at = result.finished_at or result.started_at
     when = at.strftime("%H:%M:%S") if at else "--:--:--"
     kind = result.execution_type.value if result.execution_type else "?"
-    mark = "[green]✔ succeeded[/]" if result.success else "[red]✘ failed[/]"
-    line = f"{when}  {mark}  [bold]{result.task_id}[/]  {kind}  attempt {result.attempts}  {seconds_text(result.duration_ms)}"
+    mark = ("✔ succeeded", "green") if result.success else ("✘ failed", "red")
+    # Everything from the message is plain text: a task id like "[/bold]" is shown, not parsed.
+    line = Text.assemble(
+        when,
+        "  ",
+        mark,
+        "  ",
+        plain(result.task_id, "bold"),
+        f"  {kind}  attempt {result.attempts}  {seconds_text(result.duration_ms)}",
+    )
     if result.cached:
-        line += "  (cached)"
+        line.append("  (cached)")
     if result.worker_id:
-        line += f"  {result.worker_id}"
+        line.append_text(plain(f"  {result.worker_id}"))
     if not result.success:
         category = result.error_category.value if result.error_category else ""
-        line += f"  {category}: {result.error or ''}"
+        line.append_text(plain(f"  {category}: {result.error or ''}"))
     stdout_console().print(line, soft_wrap=True)

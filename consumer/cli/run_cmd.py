@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from consumer.cli.command_args import add_command_arguments, command_from
 from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, config_from
-from consumer.cli.console import TaskSpinner, notice
+from consumer.cli.console import TaskSpinner, notice, safe
 from consumer.cli.submit_cmd import show_result
 from consumer.config import DaggerAdapterConfig
 from schemas import ExecutionCommand, ExecutionResult
@@ -81,11 +81,11 @@ class StepProgress(TaskSpinner):
             self.running[step] = time.monotonic()
         else:
             self.running.pop(step, None)
-        line = f"step {step}: {state}" + (f": {detail}" if detail else "")
+        line = safe(f"step {step}: {state}" + (f": {detail}" if detail else ""))
         if self.spinner is not None:
             if state != "started":
                 self.console.print(f"{_MARKS.get(state, '-')} {escape(line)}", highlight=False)
-            self.spinner.update(self._text())
+            self.show()
         else:
             notice(line)
 

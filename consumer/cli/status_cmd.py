@@ -17,7 +17,7 @@ from rich.table import Table
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.common import EXIT_OK, config_from
-from consumer.cli.console import ago, notice, print_json, stdout_console
+from consumer.cli.console import ago, notice, plain, print_json, stdout_console
 from consumer.client import Subscription
 from schemas import StatusEvent, WorkerHeartbeat
 from topology import Topology
@@ -145,15 +145,15 @@ def render(workers: Workers, depths: dict[str, int | None], now: datetime) -> Gr
         beat = worker.heartbeat
         stale = workers.is_stale(worker, now)
         ready = "[dim]stale[/]" if stale else ("[green]yes[/]" if beat.ready else "[yellow]no[/]")
-        circuit = beat.circuit or "-"
-        if circuit != "closed" and circuit != "-":
-            circuit = f"[red]{circuit}[/]"
+        circuit = plain(beat.circuit or "-")
+        if beat.circuit not in ("closed", None):
+            circuit.stylize("red")
         table.add_row(
-            beat.worker_id,
+            plain(beat.worker_id),  # heartbeats are messages too: their text is never markup
             ready,
             f"{beat.current_load}/{beat.capacity}",
             circuit,
-            beat.version or "-",
+            plain(beat.version or "-"),
             ago(worker.last_seen, now),
         )
     if not workers.seen:

@@ -8,11 +8,13 @@ import contextlib
 import json
 from typing import Any
 
+from rich.text import Text
+
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.command_args import add_command_arguments, command_from
 from consumer.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, config_from
-from consumer.cli.console import TaskSpinner, notice, print_json, seconds_text, stdout_console
+from consumer.cli.console import TaskSpinner, plain, print_json, seconds_text, stdout_console
 from consumer.client import ConnectionLost, ExecutionClient
 from consumer.telemetry import tracing
 from schemas import ExecutionCommand, ExecutionResult, StatusEvent
@@ -123,10 +125,7 @@ class Progress(TaskSpinner):
             self.state = event.state.value + (f" (attempt {event.attempt})" if event.attempt > 1 else "")
             if event.detail:
                 self.state += f": {event.detail}"
-            if self.spinner is not None:
-                self.spinner.update(self._text())
-            else:
-                notice(self._text())
+            self.show()
 
 
 def show_result(result: ExecutionResult, as_json: bool) -> None:
@@ -141,10 +140,27 @@ def show_result(result: ExecutionResult, as_json: bool) -> None:
         where += f", trace {result.trace_id}"
     if result.success:
         console.print(
-            f"[green]✔[/] task [bold]{result.task_id}[/] succeeded in {seconds_text(result.duration_ms)} ({where})"
+            Text.assemble(
+                ("✔", "green"),
+                " task ",
+                plain(result.task_id, "bold"),
+                f" succeeded in {seconds_text(result.duration_ms)} (",
+                plain(where),
+                ")",
+            )
         )
     else:
         category = result.error_category.value if result.error_category else "failed"
-        console.print(f"[red]✘[/] task [bold]{result.task_id}[/] failed ({category}, {where}): {result.error or ''}")
+        console.print(
+            Text.assemble(
+                ("✘", "red"),
+                " task ",
+                plain(result.task_id, "bold"),
+                f" failed ({category}, ",
+                plain(where),
+                "): ",
+                plain(result.error or "", newlines=True),
+            )
+        )
     if result.result is not None:
-        console.print_json(json.dumps(result.result, default=str))
+        console.print_json(json.dumps(result.result, default=str), ensure_ascii=True)

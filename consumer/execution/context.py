@@ -11,6 +11,7 @@ from typing import Any
 import dagger
 
 from consumer.engine import EngineSession
+from consumer.errors import TAIL_CHARS, clip, tail
 from consumer.paths import PathRules
 from schemas import RegistryCredentials
 
@@ -38,6 +39,15 @@ class Redactor:
             if value in text:
                 text = text.replace(value, self.MASK)
         return text
+
+    def tail(self, text: str, limit: int = TAIL_CHARS) -> str:
+        """The end of ``text``, masked in full *before* it is cut, so a secret that straddles
+        the cut leaves no prefix or suffix behind."""
+        return tail(self(text), limit)
+
+    def clip(self, text: str) -> str:
+        """An error message masked in full, then bounded (head and tail, see ``errors.clip``)."""
+        return clip(self(text))
 
     def scrub(self, value: Any) -> Any:
         """Redact every string inside a JSON-like value."""
@@ -122,6 +132,6 @@ class RunContext:
         if self.on_progress is None:
             return
         try:
-            self.on_progress(step, state, self.redact(detail) if detail else detail)
+            self.on_progress(step, state, self.redact.clip(detail) if detail else detail)
         except Exception:  # a broken progress consumer must not fail the execution
             log.exception("progress callback failed")

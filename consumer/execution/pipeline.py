@@ -12,10 +12,22 @@ SDK takes as objects are given as plain values and converted:
   name of one of the command's ``secrets``;
 - enums (``expect``, ``sharing``): the value's name, e.g. ``"ANY"``.
 
-Two extra operations export what the chain produced so far back to the host (a path under
-the path rules): ``export_directory: {path, host_path}`` and ``export_file: {path, host_path}``.
-They run after the chain, in order. The result carries the last exec's ``exit_code``,
-``stdout`` and ``stderr`` (tails).
+Host directories mounted with ``with_mounted_directory`` are mounted read-only unless the
+operation says ``read_only: false`` (nothing in the container reaches the host but an export).
+
+The command's common parameters apply at the start of the chain, right after the first
+``from``: ``environment`` as variables, ``secrets`` as secret variables (named as given), and
+``volumes`` mounted (read-only inputs under the read roots; ``writable`` ones under an output
+root, exported back, mirrored, after the chain). A module call refuses ``environment`` and
+``volumes``.
+
+Two extra operations export what the chain produced so far back to the host, under an output
+root (``allowed_output_roots``): ``export_directory: {path, host_path}`` (the host directory
+ends up holding exactly that directory, deletions included) and ``export_file: {path,
+host_path}``. They run after the chain, in order. The result carries the last exec's
+``exit_code``, ``stdout`` and ``stderr`` (tails).
+
+A chain of N operations is built in O(N), off the event loop (``chain.ChainBuilder``).
 """
 
 from __future__ import annotations
@@ -30,9 +42,12 @@ from typing import Any
 
 import dagger
 
-from consumer.errors import classify, permanent, tail
+from consumer.errors import classify, permanent
+from consumer.execution.chain import ChainBuilder
 from consumer.execution.context import RunContext
-from consumer.paths import PathRules
+from consumer.execution.exports import export_directory, export_file
+from consumer.execution.volumes import Volume, plan_volumes
+from consumer.paths import OutputPath, PathRules
 from schemas import PipelineParameters
 
 
@@ -110,7 +125,7 @@ class Export:
     after: int  # number of chain operations applied before this export
     kind: str  # "export_directory" | "export_file"
     path: str
-    host_path: Path
+    host_path: OutputPath
 
 
 @dataclass(slots=True)
@@ -122,10 +137,13 @@ class PipelinePlan:
     function_args: dict[str, Any] = field(default_factory=dict)
     host_inputs: list[Path] = field(default_factory=list)
     workflow_source: bytes | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    secret_variables: list[str] = field(default_factory=list)
+    volumes: list[Volume] = field(default_factory=list)
 
     @property
     def writes_host(self) -> bool:
-        return bool(self.exports)
+        return bool(self.exports) or any(v.output is not None for v in self.volumes)
 
     async def run(self, ctx: RunContext, result: dict[str, Any]) -> None:
         if self.module is not None:
@@ -141,7 +159,15 @@ def plan_pipeline(params: PipelineParameters, rules: PathRules) -> PipelinePlan:
             _check_function_arg(key, value)
         return PipelinePlan(module=params.module, function=params.function, function_args=dict(params.args))
 
-    plan = PipelinePlan()
+    volumes = plan_volumes(params.volumes, rules)
+    if len({v.target for v in volumes}) != len(volumes):
+        raise permanent("two volumes are mounted at the same target path")
+    plan = PipelinePlan(
+        environment=dict(params.environment),
+        secret_variables=sorted(params.secrets),
+        volumes=volumes,
+        host_inputs=[v.source for v in volumes if v.source is not None],
+    )
     assert params.pipeline is not None
     for index, op in enumerate(params.pipeline):
         ((name, args),) = op.items()
@@ -152,7 +178,9 @@ def plan_pipeline(params: PipelineParameters, rules: PathRules) -> PipelinePlan:
             _check_args(where, args, EXPORTS[name], required=("path", "host_path"))
             if not plan.operations:
                 raise permanent(f"{where}: nothing to export before the first `from`")
-            target = rules.export_target(args["host_path"], what=f"{where} host_path")
+            target = rules.output_path(
+                args["host_path"], what=f"{where} host_path", directory=name == "export_directory"
+            )
             plan.exports.append(Export(after=len(plan.operations), kind=name, path=args["path"], host_path=target))
             continue
         if name not in OPERATIONS:
@@ -241,37 +269,58 @@ def _sdk_args(op: Operation, ctx: RunContext) -> dict[str, Any]:
             out[key] = dagger.CacheSharingMode[value]
         else:
             out[key] = value
+    if op.method == "with_mounted_directory":
+        out.setdefault("read_only", True)  # a host input: read-only unless the operation says otherwise
     return out
+
+
+def _setup(plan: PipelinePlan, ctx: RunContext, chain: ChainBuilder) -> None:
+    """The command's environment, secrets and volumes, applied right after the first ``from``."""
+    for name, value in plan.environment.items():
+        chain.add("with_env_variable", name=name, value=value)
+    for name in plan.secret_variables:
+        chain.add("with_secret_variable", name=name, secret=ctx.secret(name))
+    for volume in plan.volumes:
+        assert volume.source is not None
+        source = ctx.host_directory(str(volume.source))
+        chain.add("with_mounted_directory", path=volume.target, source=source, read_only=volume.read_only)
 
 
 async def _run_chain(plan: PipelinePlan, ctx: RunContext, result: dict[str, Any]) -> None:
     step = "pipeline"
-    first = plan.operations[0]
-    ctr = ctx.container(first.args["address"])
-    at: list[dagger.Container] = [ctr]  # the container after each operation
-    for op in plan.operations[1:]:
-        ctr = getattr(ctr, op.method)(**_sdk_args(op, ctx))
-        at.append(ctr)
-    ran_exec = any(op.name == "with_exec" for op in plan.operations)
-
     ctx.progress(step, "started", f"{len(plan.operations)} operations")
     started = time.monotonic()
     try:
-        if ran_exec:
-            output = await ctx.session.exec_output(ctr)
+        chain = ChainBuilder(ctx.container(plan.operations[0].args["address"]))
+        exports_after = {e.after for e in plan.exports}
+        at: dict[int, dagger.Container] = {}  # the container after operation i, where an export needs it
+        _setup(plan, ctx, chain)
+        for count, op in enumerate(plan.operations, start=1):
+            if count > 1:  # the first is the `from` the chain started with
+                chain.add(op.method, **_sdk_args(op, ctx))
+            await chain.step()
+            if count in exports_after:
+                at[count] = await chain.synced()  # by ID: exporting it later evaluates nothing again
+        if any(op.name == "with_exec" for op in plan.operations):
+            output = await ctx.session.exec_output(await chain.applied())
+            ctr = output.container
             result["exit_code"] = output.exit_code
-            result["stdout"] = ctx.redact(tail(output.stdout))
-            result["stderr"] = ctx.redact(tail(output.stderr))
+            result["stdout"] = ctx.redact.tail(output.stdout)
+            result["stderr"] = ctx.redact.tail(output.stderr)
         else:
-            await ctr.sync()
+            ctr = await chain.synced()
         exported = []
         for export in plan.exports:
-            source = at[export.after - 1]
+            source = at[export.after]
             if export.kind == "export_directory":
-                await source.directory(export.path).export(str(export.host_path))
+                await export_directory(source.directory(export.path), export.host_path)
             else:
-                await source.file(export.path).export(str(export.host_path))
+                await export_file(source.file(export.path), export.host_path)
             exported.append(str(export.host_path))
+        for volume in plan.volumes:
+            if volume.output is not None:
+                await export_directory(ctr.directory(volume.target), volume.output)
+                exported.append(str(volume.output))
         if exported:
             result["exported"] = exported
     except Exception as exc:

@@ -1,0 +1,1 @@
+"""Hostile and malformed commands against the real worker (issue 8)."""
