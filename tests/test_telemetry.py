@@ -520,12 +520,12 @@ async def test_an_invalid_commands_span_says_so_with_bounded_attributes(
     span_exporter: InMemorySpanExporter,
 ) -> None:
     await start_worker()
-    long_id = "t" * 250  # over the contract's 200: an invalid command (AMQP caps a correlation id at 255)
-    body = json.dumps({"task_id": long_id, "execution_type": "dagger_pipeline", "parameters": {"nope": 1}}).encode()
+    long_id = "m" * 250  # a message id is the publisher's: 255 bytes fit in AMQP, the span takes 200
+    body = json.dumps({"task_id": "invalid-span", "execution_type": "dagger_pipeline", "parameters": {"nope": 1}})
     exchange = await channel.get_exchange(topology_spec.tasks_exchange, ensure=False)
-    await exchange.publish(aio_pika.Message(body, message_id=uuid.uuid4().hex), routing_key="dagger_pipeline")
-    await observer.wait_for(lambda: observer.results_for(long_id), 30, "the invalid command's failure result")
-    (result,) = observer.results_for(long_id)
+    await exchange.publish(aio_pika.Message(body.encode(), message_id=long_id), routing_key="dagger_pipeline")
+    await observer.wait_for(lambda: observer.results_for("invalid-span"), 30, "the invalid command's failure result")
+    (result,) = observer.results_for("invalid-span")
     assert result.error_category is not None and result.error_category.value == "invalid" and result.trace_id
 
     def invalid_spans() -> list[ReadableSpan]:
@@ -538,7 +538,8 @@ async def test_an_invalid_commands_span_says_so_with_bounded_attributes(
     (span,) = await wait_until(invalid_spans, 10, "the span")
     attributes = dict(span.attributes or {})
     assert attributes["dagger_adapter.outcome"] == "invalid"
-    assert attributes["dagger_adapter.task_id"] == long_id[:200]
+    assert attributes["dagger_adapter.task_id"] == "invalid-span"
+    assert attributes["messaging.message.id"] == long_id[:200]
     assert span.status.status_code.name == "ERROR"
 
 
