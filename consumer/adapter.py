@@ -149,6 +149,10 @@ class DaggerAdapter(AgentAdapter):
     def add_circuit_listener(self, callback: Callable[[str], None]) -> None:
         self._breaker.add_listener(callback)
 
+    def add_engine_request_listener(self, callback: Callable[[float, int], None]) -> None:
+        """``callback(seconds, http_status)`` after each request to the engine (connections opened from now on)."""
+        self._engine.add_request_listener(callback)
+
     def get_status(self) -> AgentStatus:
         circuit = self._breaker.state
         return AgentStatus(

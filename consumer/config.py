@@ -89,6 +89,10 @@ class DaggerAdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     # token (without it the console is read-only). Never logged.
     console_token: str | None = None
     console_operator_token: str | None = None
+    # Prometheus metrics on http://<metrics_address>:<metrics_port>/metrics; None: not served (0: any free port).
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    # All interfaces by default, so Prometheus can scrape a container; 127.0.0.1 keeps it on the host.
+    metrics_address: str = "0.0.0.0"
     # What one command may ask of a worker (schemas.limits; README "Security model").
     max_message_bytes: Bound = DEFAULT_LIMITS.max_message_bytes
     max_json_depth: JsonDepth = DEFAULT_LIMITS.max_json_depth
@@ -199,7 +203,7 @@ def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         if field in _STRUCTURED:
             values[field] = _structured_env(field, raw)
-        elif field == "valkey_url" and raw.strip() == "":
+        elif field in ("valkey_url", "metrics_port") and raw.strip() == "":
             values[field] = None
         else:
             values[field] = raw  # converted (str -> int/float/bool) by msgspec below

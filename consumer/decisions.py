@@ -44,6 +44,7 @@ class Retry:
     delay_seconds: float
     attempts: int  # attempts made so far, carried in ``x-attempts``
     detail: str  # for the ``retrying`` status event
+    error_category: ErrorCategory | None = None  # of the failed attempt (metrics)
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,14 @@ class Postpone:
     delay_seconds: float
     why: str
     status_detail: str | None = None  # a ``retrying`` status event with this detail; None: none
+    reason: str = "leased"  # a metric label: leased | circuit_open
 
 
 @dataclass(frozen=True)
 class PutBack:
     why: str
     delay_seconds: float = PUT_BACK_DELAY_SECONDS
+    reason: str = "stopping"  # a metric label: stopping | valkey
 
 
 Disposition = Finish | Retry | Postpone | PutBack
@@ -82,6 +85,7 @@ def after_attempt(
             delay_seconds=delay,
             attempts=attempt,
             detail=f"{category}: {result.error}; retry {attempt} of {policy.max_retries} in {delay:.1f} s",
+            error_category=result.error_category,
         )
     if enable_retry and policy.is_retryable(result.error_category):
         result = msgspec.structs.replace(result, error=f"{result.error} (gave up after {attempt} attempts)")
@@ -94,6 +98,7 @@ def open_circuit(breaker_reset_seconds: float) -> Postpone:
         max(MIN_POSTPONE_SECONDS, breaker_reset_seconds),
         "engine unavailable (circuit open)",
         status_detail="engine unavailable (circuit open); not an attempt",
+        reason="circuit_open",
     )
 
 

@@ -27,7 +27,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,9 @@ from gql.transport.exceptions import (
 from consumer.errors import permanent
 
 log = logging.getLogger("dagger_adapter.engine")
+
+# ``(seconds, http_status)`` of each GraphQL request to the engine, up to its response headers.
+RequestListener = Callable[[float, int], None]
 
 # gql logs every request and response body at DEBUG; queries carry secrets inline
 # (setSecret(plaintext: ...)), so those loggers must never print, whatever the log level.
@@ -148,6 +152,7 @@ class DaggerEngine:
         self._sessions: dict[SessionKey, _Generation] = {}
         self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
+        self._request_listeners: list[RequestListener] = []
 
     @property
     def connected(self) -> bool:
@@ -195,6 +200,7 @@ class DaggerEngine:
                 with contextlib.suppress(Exception):
                     await connection.close()  # type: ignore[no-untyped-call]
                 raise
+            self._observe_requests(client)
             generation = _Generation(key, connection, client)
             generation.users += 1
             self._sessions[key] = generation
@@ -221,6 +227,46 @@ class DaggerEngine:
             del self._sessions[generation.key]
         if generation.users == 0:
             self._close_later(generation)
+
+    def add_request_listener(self, listener: RequestListener) -> None:
+        """``listener(seconds, status)`` after every request to the engine (metrics)."""
+        self._request_listeners.append(listener)
+
+    def _observe_requests(self, client: dagger.Client) -> None:
+        """Time the connection's HTTP requests with httpx event hooks on the SDK's client (the SDK
+        opens it with gql's httpx transport and offers no hook of its own)."""
+        if not self._request_listeners:
+            return
+        try:  # the isolated client's connection -> gql client -> its httpx transport's client
+            gql_client: Any = client._ctx.conn.session.client
+            http = gql_client.transport.client
+        except AttributeError:
+            http = None
+        if not isinstance(http, httpx.AsyncClient):
+            log.info("engine request timing unavailable: unexpected SDK transport")
+            return
+        started: weakref.WeakKeyDictionary[httpx.Request, float] = weakref.WeakKeyDictionary()
+        listeners = self._request_listeners
+
+        async def on_request(request: httpx.Request) -> None:
+            started[request] = time.monotonic()
+
+        async def on_response(response: httpx.Response) -> None:
+            t0 = started.pop(response.request, None)
+            if t0 is None:
+                return
+            seconds = time.monotonic() - t0
+            for listener in listeners:
+                try:
+                    listener(seconds, response.status_code)
+                except Exception:
+                    log.exception("engine request listener failed")
+
+        hooks = http.event_hooks
+        http.event_hooks = {
+            "request": [*hooks.get("request", []), on_request],
+            "response": [*hooks.get("response", []), on_response],
+        }
 
     async def connect(self) -> None:
         """Open the main session now (otherwise the first execution opens it)."""

@@ -1,4 +1,4 @@
-"""Structured JSON logs: one object per line, with the worker id, task id and attempt on every line.
+"""Structured JSON logs: one object per line, with the worker id, task id, attempt and trace id on every line.
 
 The task id and attempt come from context variables that the worker sets around each message, so
 every log call made while handling a task (in the adapter too) is tagged without passing them along.
@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import msgspec
+from opentelemetry import trace
 
 worker_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("worker_id", default=None)
 task_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
@@ -27,6 +28,9 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged as a field.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# What OpenTelemetry's logging instrumentation (which the Dagger SDK turns on when OTEL_* is set)
+# adds to every record: the line has its own ``trace_id``.
+_OTEL_ATTRS = frozenset({"otelTraceID", "otelSpanID", "otelTraceSampled", "otelServiceName"})
 
 
 def redact(text: str) -> str:
@@ -43,13 +47,20 @@ class JsonFormatter(logging.Formatter):
             "worker_id": worker_id_var.get(),
             "task_id": task_id_var.get(),
             "attempt": attempt_var.get(),
+            "trace_id": _trace_id(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in line:
+            if key not in _STANDARD_ATTRS and key not in _OTEL_ATTRS and key not in line:
                 line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             line["exc"] = redact(self.formatException(record.exc_info))
         return msgspec.json.encode(line, enc_hook=str).decode()
+
+
+def _trace_id() -> str | None:
+    """The current OpenTelemetry trace (the command's, while the worker handles one)."""
+    span_context = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
 
 
 # The AMQP client libraries log a dropped connection or channel at ERROR (with a traceback) while

@@ -73,6 +73,9 @@ from consumer.decisions import (
 from consumer.health import write_health_file
 from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import task_context, worker_id_var
+from consumer.telemetry import tracing
+from consumer.telemetry.metrics import WorkerMetrics
+from consumer.version import package_version
 from schemas import (
     CONTENT_TYPE,
     DeadLetterHeaders,
@@ -208,6 +211,8 @@ class Worker:
         self._status_exchange: AbstractExchange | None = None
         self._queue: AbstractRobustQueue | None = None
         self._ledger: Ledger | None = None
+        self.metrics = WorkerMetrics(worker_id=self.worker_id, version=package_version(), capacity=self.capacity)
+        self.metrics_port: int | None = None  # where /metrics is served, once started
 
     # ================================================================ lifecycle
 
@@ -234,6 +239,7 @@ class Worker:
     async def startup(self) -> None:
         worker_id_var.set(self.worker_id)
         self._warn_about_consumer_timeout()
+        self._start_telemetry()
         try:
             self._connection = await connect_broker(self.config.amqp_url, reconnect_interval=1)
         except BrokerUnavailable as exc:
@@ -333,6 +339,7 @@ class Worker:
         log.info("drained")
 
     async def shutdown(self) -> None:
+        self.metrics.close()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -361,7 +368,30 @@ class Worker:
                 self.config.broker_consumer_timeout_seconds,
             )
 
+    def _start_telemetry(self) -> None:
+        """Traces (exporters from OTEL_*), metrics hooked to the adapter, ``/metrics`` when configured."""
+        try:
+            tracing.configure_tracing(dagger_sdk=True)
+        except tracing.TracingConfigError as exc:
+            raise StartupFailed(str(exc)) from None
+        self.metrics.follow(
+            in_flight=lambda: self.in_flight,
+            executing=lambda: self.adapter.current_load,
+            consuming=lambda: self._consumer_tag is not None,
+            circuit_state=lambda: self.adapter.circuit_state,
+        )
+        self.adapter.add_circuit_listener(self.metrics.circuit_changed)
+        self.adapter.add_engine_request_listener(self.metrics.engine_request)
+        if self.config.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_address)
+            except OSError as exc:
+                raise StartupFailed(
+                    f"cannot serve metrics on {self.config.metrics_address}:{self.config.metrics_port}: {exc}"
+                ) from None
+
     def _on_reconnect(self, *_: Any) -> None:
+        self.metrics.broker_reconnected()
         log.warning("reconnected to RabbitMQ (topology re-declared); running executions carry on")
 
     # ================================================================ consuming on and off
@@ -507,12 +537,30 @@ class Worker:
             delivery = dataclasses.replace(delivery, fingerprint=fingerprint(command, params))
         except Exception as exc:  # whatever reading the message raises, it ends settled
             invalid = exc if isinstance(exc, InvalidMessage) else InvalidMessage(f"unreadable message: {exc!r}")
-            with task_context(invalid.task_id, delivery.attempt):
+            self.metrics.command_received(None)
+            with task_context(invalid.task_id, delivery.attempt), self._command_span(delivery, invalid.task_id, None):
                 await self._guarded(delivery, self._reject_invalid(delivery, invalid))
             return
+        self.metrics.command_received(command.execution_type)
         # Every log line about this message names its task, the failure paths' included.
-        with task_context(command.task_id, delivery.attempt):
+        with (
+            task_context(command.task_id, delivery.attempt),
+            self._command_span(delivery, command.task_id, command.execution_type.value),
+        ):
             await self._guarded(delivery, self._process(delivery, command, params.enable_retry))
+
+    def _command_span(
+        self, delivery: Delivery, task_id: str | None, execution_type: str | None
+    ) -> contextlib.AbstractContextManager[Any]:
+        return tracing.command_span(
+            delivery.message.headers,
+            queue=self.spec.tasks_queue,
+            message_id=delivery.message_id,
+            task_id=task_id,
+            execution_type=execution_type,
+            attempt=delivery.attempt,
+            worker_id=self.worker_id,
+        )
 
     async def _guarded(self, delivery: Delivery, handling: Awaitable[None]) -> None:
         """Run ``handling``; a message it could not settle goes back to the queue, never dropped."""
@@ -520,7 +568,7 @@ class Worker:
             await handling
         except ValkeyError as exc:
             await self._ledger_failed(exc)
-            await self._put_back(delivery, "until Valkey is available")
+            await self._put_back(delivery, "until Valkey is available", reason="valkey")
         except Unpublishable as exc:
             # Its own content makes its outcome unpublishable: trying again would loop.
             log.warning("the outcome of a command cannot be published; dead-lettering it: %s", exc)
@@ -565,8 +613,8 @@ class Worker:
             return
         await self._settle(delivery)
 
-    async def _put_back(self, delivery: Delivery, why: str) -> None:
-        await self._carry_out(delivery, None, PutBack(why))
+    async def _put_back(self, delivery: Delivery, why: str, *, reason: str = "stopping") -> None:
+        await self._carry_out(delivery, None, PutBack(why, reason=reason))
 
     async def _process(self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool) -> None:
         await self._status(command, TaskState.RECEIVED, delivery.attempt)
@@ -620,21 +668,27 @@ class Worker:
             case Finish(result=result):
                 assert command is not None and lease is not None
                 await self._finish(delivery, command, result, lease)
-            case Retry(delay_seconds=delay, attempts=attempts, detail=detail):
+            case Retry(delay_seconds=delay, attempts=attempts, detail=detail, error_category=category):
                 assert command is not None
                 await self._send_to_retry(delivery, delay, attempts=attempts)
+                self.metrics.retried(command.execution_type, category)
+                tracing.set_outcome("retried")
                 await self._status(command, TaskState.RETRYING, delivery.attempt, detail=detail)
                 log.info("retry scheduled", extra={"delay_s": round(delay, 3), "error": detail})
                 await self._settle(delivery)
-            case Postpone(delay_seconds=delay, why=why, status_detail=status_detail):
+            case Postpone(delay_seconds=delay, why=why, status_detail=status_detail, reason=reason):
                 await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                self.metrics.command_postponed(reason)
+                tracing.set_outcome("postponed")
                 if status_detail is not None and command is not None:
                     await self._status(command, TaskState.RETRYING, delivery.attempt, detail=status_detail)
                 log.info("postponed: %s", why, extra={"delay_s": round(delay, 3)})
                 await self._settle(delivery)
-            case PutBack(why=why, delay_seconds=delay):
+            case PutBack(why=why, delay_seconds=delay, reason=reason):
                 try:
                     await self._send_to_retry(delivery, delay, attempts=delivery.attempts_before)
+                    self.metrics.command_postponed(reason)
+                    tracing.set_outcome("put_back")
                     log.info("command put back: %s", why)
                     await self._settle(delivery)
                 except Exception as exc:
@@ -655,12 +709,15 @@ class Worker:
             _log_progress(step, state, detail)
 
         execution = asyncio.create_task(
-            self.adapter.execute(
-                command,
-                attempt=delivery.attempt,
-                in_process_retries=False,
-                on_progress=on_progress,
-                replay_id=delivery.replay_id,
+            tracing.in_execution_span(
+                command.execution_type.value,
+                self.adapter.execute(
+                    command,
+                    attempt=delivery.attempt,
+                    in_process_retries=False,
+                    on_progress=on_progress,
+                    replay_id=delivery.replay_id,
+                ),
             )
         )
         self._executions.add(execution)
@@ -686,11 +743,13 @@ class Worker:
                 "duration_s": round(time.monotonic() - started, 3),
             },
         )
+        self.metrics.execution_finished(command.execution_type, result, time.monotonic() - started)
         return msgspec.structs.replace(
             result,
             attempts=delivery.attempt,
             worker_id=self.worker_id,
             execution_type=command.execution_type,
+            trace_id=tracing.current_trace_id(),
         )
 
     async def _task_heartbeats(self, command: ExecutionCommand, attempt: int) -> None:
@@ -762,6 +821,8 @@ class Worker:
         else:
             await self._status(command, TaskState.FAILED, result.attempts, detail=result.error)
             await self._status(command, TaskState.DEAD_LETTERED, result.attempts, detail=result.error)
+        self.metrics.outcome_published(command.execution_type, result)
+        tracing.set_outcome("succeeded" if result.success else "dead_lettered", error=result.error)
         log.info("outcome published", extra={"outcome": result.outcome.value})
 
     async def _answer_from_ledger(
@@ -790,15 +851,20 @@ class Worker:
             return False
         if answer is LedgerAnswer.ACK:
             log.info("redelivered command whose outcome was already published; acking it")
+            kind = "redelivered"
         elif answer is LedgerAnswer.PUBLISH_RECORDED:
             log.info("outcome recorded but not published (worker died or lost the broker); publishing it")
             await self._publish_outcome(delivery, command, stored)
             await self._require_ledger().mark_published(stored)
+            kind = "unpublished"
         else:
             log.info("duplicate of a finished task: republishing its stored result")
             await self._publish_result(
                 stored.result, command.execution_type.value, *self._reply_of(delivery, command), stored.replay_id
             )
+            kind = "duplicate"
+        self.metrics.answered_from_ledger(command.execution_type, kind)
+        tracing.set_outcome(kind)
         await self._settle(delivery)
         return True
 
@@ -848,6 +914,7 @@ class Worker:
         execution type for the routing key, a reply queue that is not ours, AMQP-sized ids."""
         task_id = exc.task_id
         log.warning("invalid command dead-lettered: %s", exc)
+        tracing.set_outcome("invalid", error=str(exc))
         fields = peek(delivery.message.body, self.limits)
         peeked_type = _text_field(fields, "execution_type")
         execution_type = peeked_type if peeked_type in _KNOWN_TYPES else UNKNOWN_EXECUTION_TYPE
@@ -874,6 +941,7 @@ class Worker:
                 worker_id=self.worker_id,
                 started_at=now,
                 finished_at=now,
+                trace_id=tracing.current_trace_id(),
             )
             await self._publish_result(
                 result,
@@ -882,6 +950,7 @@ class Worker:
                 delivery.correlation_id or _text_field(fields, "correlation_id"),
                 delivery.replay_id,
             )
+            self.metrics.outcome_published(execution_type, result)
             await self._status_event(
                 StatusEvent(
                     task_id=task_id,
@@ -1039,6 +1108,7 @@ class Worker:
                 reply_to=original.reply_to,
             ),
         )
+        self.metrics.dead_lettered(routing_key, why.error_category)
 
     def _dead_letter_routing_key(self, delivery: Delivery, execution_type: str) -> str:
         # A retried command re-enters the tasks exchange as `retry.<tier>`; its original key was its type.

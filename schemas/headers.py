@@ -25,6 +25,10 @@ DEAD_LETTER_HEADER_OF = {
     "dead_lettered_at": DEAD_LETTERED_AT,
     "worker_id": WORKER_ID,
 }
+# W3C Trace Context of a command (https://www.w3.org/TR/trace-context/), as application headers so
+# that any publisher can send them: the worker continues the trace; a malformed value is ignored.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 # How a message that RabbitMQ dead-lettered on its own (delivery limit) is told apart.
 DELIVERY_LIMIT = "delivery_limit"
 

@@ -117,6 +117,9 @@ class ExecutionResult(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     execution_type: ExecutionType | None = None
+    # The OpenTelemetry trace (32 hex digits) the execution ran in: the command's ``traceparent``
+    # header's trace when it had one. Find the worker's logs and the engine's spans by it.
+    trace_id: str | None = None
 
     @property
     def outcome(self) -> Outcome:

@@ -73,7 +73,8 @@ async def test_submit_json_from_stdin_with_shortcuts(
         stdin=document,
     )
     assert ran.code == 0, ran.err
-    assert ran.json() == {"task_id": "from-stdin", "execution_type": "dagger_pipeline"}
+    # No trace context to carry (no TRACEPARENT, no OTEL exporter): no trace id.
+    assert ran.json() == {"task_id": "from-stdin", "execution_type": "dagger_pipeline", "trace_id": None}
     [queued] = await queued_commands(amqp, topology_spec)
     assert (queued.task_id, queued.execution_type.value) == ("from-stdin", "dagger_pipeline")
 

@@ -36,7 +36,9 @@ def test_a_success_is_finished_as_it_is() -> None:
 
 
 def test_a_transient_failure_is_retried_with_the_policy_delay_and_the_attempts_made() -> None:
-    assert decide(failed(ErrorCategory.TRANSIENT), 1) == Retry(1.0, 1, "transient: boom; retry 1 of 2 in 1.0 s")
+    assert decide(failed(ErrorCategory.TRANSIENT), 1) == Retry(
+        1.0, 1, "transient: boom; retry 1 of 2 in 1.0 s", error_category=ErrorCategory.TRANSIENT
+    )
     second = decide(failed(ErrorCategory.TIMEOUT), 2)
     assert isinstance(second, Retry) and second.delay_seconds == 2.0 and second.attempts == 2
 

@@ -136,6 +136,8 @@ async def test_a_broker_restart_loses_no_command_and_consuming_resumes(
         await wait_until(settled, 60, "every delivery settled")
         assert (await queue_depths(private_amqp, spec))[spec.dead_queue] == 0
         assert sorted(r.task_id for r in observer.results) == sorted(everything)  # still each once
+        # Operators see the restart in the metrics.
+        assert (worker.metrics.registry.get_sample_value("dagger_adapter_broker_reconnects_total") or 0) >= 1
     finally:
         broker_back.set()
         worker.request_stop()

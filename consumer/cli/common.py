@@ -12,6 +12,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # the task (or the check) failed
 EXIT_USAGE = 2  # wrong arguments, file or configuration
 EXIT_BROKER = 3  # RabbitMQ could not be reached, refused us, or the connection was lost
+EXIT_UNKNOWN_TASK = 4  # `results get`: no outcome is recorded for the task (unknown, expired or still running)
 EXIT_TIMEOUT = 124  # like timeout(1): no answer in time
 
 

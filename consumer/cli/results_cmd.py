@@ -7,12 +7,24 @@ import asyncio
 import time
 
 from rich.text import Text
+from valkey.exceptions import ValkeyError
 
 from consumer.cli.arg_types import positive_int, positive_seconds, since
 from consumer.cli.broker_session import client_for, run_async
-from consumer.cli.common import EXIT_OK, EXIT_TIMEOUT, CliError, config_from
+from consumer.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_UNKNOWN_TASK,
+    EXIT_USAGE,
+    CliError,
+    config_from,
+)
 from consumer.cli.console import notice, plain, print_json, seconds_text, stdout_console
-from schemas import ExecutionResult, ExecutionType, Outcome
+from consumer.cli.submit_cmd import show_result
+from consumer.client import ResultStore
+from consumer.config import redact_url, topology_for
+from schemas import ExecutionResult, ExecutionType, InvalidMessage, Outcome
 
 DEFAULT_LISTEN_SECONDS = 10.0
 
@@ -25,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Show result events published from now on; with --since or --from-start, first the results "
             "kept in the results stream from then (retention: results_stream_max_age/_max_bytes). Without --follow, listens for --for seconds (default "
             f"{DEFAULT_LISTEN_SECONDS:g}) and exits 0; with --follow, until Ctrl-C. --count N stops after N "
-            "events; if --for runs out first, the exit code is 124. A line on stderr says when listening starts."
+            "events; if --for runs out first, the exit code is 124. A line on stderr says when listening starts. "
+            "`results get TASK_ID` instead looks up the result a task already has."
         ),
     )
     mode = parser.add_mutually_exclusive_group()
@@ -52,6 +65,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start.add_argument("--from-start", action="store_true", help="start with every result the stream keeps")
     parser.add_argument("--json", action="store_true", help="one JSON result per line")
     parser.set_defaults(handler=run)
+    # `results get TASK_ID`: a sub-verb; plain `results [--follow] ...` stays the live stream.
+    lookups = parser.add_subparsers(dest="results_verb", metavar="get", required=False)
+    get = lookups.add_parser(
+        "get",
+        help="what became of a task: its recorded result",
+        description=(
+            "Show the final result the workers recorded for TASK_ID, read from their outcome records in "
+            "Valkey (valkey_url / DAGGER_ADAPTER_VALKEY_URL: the workers' Valkey; RabbitMQ is not needed). "
+            f"Exit codes: 0 the task succeeded, 1 it failed, {EXIT_UNKNOWN_TASK} no result is recorded "
+            "(unknown task, expired record, or still running: the message says which), 2 usage or configuration."
+        ),
+    )
+    get.add_argument("task_id", metavar="TASK_ID")
+    get.add_argument("--json", action="store_true", help="the result as JSON")
+    get.set_defaults(handler=run_get)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +121,36 @@ def run(args: argparse.Namespace) -> int:
         return run_async(go)
     except KeyboardInterrupt:
         return EXIT_OK  # Ctrl-C is how --follow ends
+
+
+def run_get(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    if config.valkey_url is None:
+        raise CliError(
+            "results get reads the workers' outcome records: set valkey_url (DAGGER_ADAPTER_VALKEY_URL) "
+            "to the Valkey the workers use",
+            EXIT_USAGE,
+        )
+
+    async def lookup() -> tuple[ExecutionResult | None, str | None]:
+        async with ResultStore(config.valkey_url or "", topology_for(config)) as store:
+            result = await store.get(args.task_id)
+            return result, (await store.running_on(args.task_id) if result is None else None)
+
+    try:
+        result, holder = asyncio.run(lookup())
+    except InvalidMessage as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except (ValkeyError, OSError) as exc:
+        raise CliError(f"cannot reach Valkey at {redact_url(config.valkey_url)}: {exc}") from None
+    if result is None:
+        state = f"it is running on worker {holder}" if holder else "unknown task, or its record expired"
+        raise CliError(f"no result recorded for task {args.task_id} ({state})", EXIT_UNKNOWN_TASK)
+    if args.json:
+        print_json(result)
+    else:
+        show_result(result, as_json=False)
+    return EXIT_OK if result.success else EXIT_FAILURE
 
 
 def show(result: ExecutionResult, as_json: bool) -> None:

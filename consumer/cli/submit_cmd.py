@@ -13,9 +13,10 @@ from rich.text import Text
 from consumer.cli.arg_types import positive_seconds
 from consumer.cli.broker_session import client_for, run_async
 from consumer.cli.command_args import add_command_arguments, command_from
-from consumer.cli.common import EXIT_BROKER, EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, CliError, config_from
+from consumer.cli.common import EXIT_BROKER, EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, config_from
 from consumer.cli.console import TaskSpinner, plain, print_json, seconds_text, stdout_console
 from consumer.client import ConnectionLost, ExecutionClient
+from consumer.telemetry import tracing
 from schemas import ExecutionCommand, ExecutionResult, StatusEvent
 
 DEFAULT_WAIT_SECONDS = 600.0
@@ -48,13 +49,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     command = command_from(args)
+    try:
+        tracing.configure_tracing()
+    except tracing.TracingConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
     async def go() -> int:
         async with client_for(config) as client:
             if not args.wait:
                 await client.submit(command)
                 if args.json:
-                    print_json({"task_id": command.task_id, "execution_type": command.execution_type.value})
+                    print_json(
+                        {
+                            "task_id": command.task_id,
+                            "execution_type": command.execution_type.value,
+                            "trace_id": tracing.current_trace_id(),
+                        }
+                    )
                 else:
                     stdout_console().print(
                         f"submitted task [bold]{command.task_id}[/] ({command.execution_type.value})"
@@ -62,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
                 return EXIT_OK
             return await submit_and_show(client, command, args.timeout, args.json)
 
-    return run_async(go)
+    # One trace from here (or from the caller's TRACEPARENT) through the worker to the engine.
+    try:
+        with tracing.cli_span("submit"):
+            return run_async(go)
+    finally:
+        tracing.shutdown_tracing()
 
 
 async def submit_and_show(client: ExecutionClient, command: ExecutionCommand, timeout: float, as_json: bool) -> int:
@@ -120,6 +136,8 @@ def show_result(result: ExecutionResult, as_json: bool) -> None:
     where = f"attempt {result.attempts}" + (f", worker {result.worker_id}" if result.worker_id else "")
     if result.cached:
         where += ", from cache"
+    if result.trace_id:
+        where += f", trace {result.trace_id}"
     if result.success:
         console.print(
             Text.assemble(

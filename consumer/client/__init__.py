@@ -4,6 +4,7 @@ operate the dead-letter queue. Uses the ``schemas`` Structs, like the worker."""
 from consumer.client.dead_letters import DeadLetter, DeadLetterQueue, Replayed, ReplayIncomplete, Selector
 from consumer.client.errors import ClientError, ConnectionLost, DeadLetterNotFound, PublishFailed, TopologyMissing
 from consumer.client.execution_client import ExecutionClient
+from consumer.client.result_store import ResultStore
 from consumer.client.subscriptions import Subscription
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "PublishFailed",
     "ReplayIncomplete",
     "Replayed",
+    "ResultStore",
     "Selector",
     "Subscription",
     "TopologyMissing",

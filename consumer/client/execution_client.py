@@ -12,6 +12,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from consumer.client.errors import ClientError
 from consumer.client.publishing import (
     command_message,
     confirm_channel,
@@ -20,6 +21,7 @@ from consumer.client.publishing import (
     require_exchange,
 )
 from consumer.client.replies import ReplyRouter
+from consumer.client.result_store import ResultStore
 from consumer.client.subscriptions import (
     Subscription,
     decode_result,
@@ -28,6 +30,7 @@ from consumer.client.subscriptions import (
     status_routing_keys,
 )
 from consumer.config import check_amqp_url
+from consumer.telemetry import tracing
 from schemas import (
     ExecutionCommand,
     ExecutionResult,
@@ -63,9 +66,12 @@ class ExecutionClient:
         *,
         publish_timeout: float | None = 30.0,
         owns_connection: bool = False,
+        valkey_url: str | None = None,
     ) -> None:
         self.connection = connection
         self.topology = topology or Topology()
+        self.valkey_url = valkey_url
+        self._results: ResultStore | None = None
         self.publish_timeout = publish_timeout
         self._owns_connection = owns_connection
         self._replies = ReplyRouter(connection)
@@ -75,9 +81,12 @@ class ExecutionClient:
         self._start_lock = asyncio.Lock()
 
     @classmethod
-    def connect(cls, amqp_url: str, topology: Topology | None = None, *, timeout: float = 10.0) -> _Connecting:
-        """Open a robust connection and a client on it; await it, or use it with ``async with``."""
-        return _Connecting(cls, amqp_url, topology, timeout)
+    def connect(
+        cls, amqp_url: str, topology: Topology | None = None, *, timeout: float = 10.0, valkey_url: str | None = None
+    ) -> _Connecting:
+        """Open a robust connection and a client on it; await it, or use it with ``async with``.
+        ``valkey_url`` (the workers' Valkey) is needed only by ``get_result``."""
+        return _Connecting(cls, amqp_url, topology, timeout, valkey_url)
 
     async def start(self) -> ExecutionClient:
         """Check the topology exists and open the publishing channel."""
@@ -92,6 +101,9 @@ class ExecutionClient:
         for subscription in list(self._subscriptions):
             await subscription.close()
         await self._replies.close()
+        if self._results is not None:
+            await self._results.close()
+            self._results = None
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._channel = self._tasks = None
@@ -151,13 +163,28 @@ class ExecutionClient:
         if self._tasks is None:
             await self.start()
         assert self._tasks is not None
-        await publish_confirmed(
-            self._tasks,
-            command_message(command, reply_to=reply_to),
-            self.topology.task_routing_key(command.execution_type.value),
-            task_id=command.task_id,
-            timeout=self.publish_timeout,
-        )
+        # A PRODUCER span when the application traces (a no-op otherwise); its context goes in the headers.
+        with tracing.publish_span(
+            self.topology.tasks_exchange, task_id=command.task_id, execution_type=command.execution_type.value
+        ):
+            await publish_confirmed(
+                self._tasks,
+                command_message(command, reply_to=reply_to),
+                self.topology.task_routing_key(command.execution_type.value),
+                task_id=command.task_id,
+                timeout=self.publish_timeout,
+            )
+
+    # --- looking up ---
+    async def get_result(self, task_id: str) -> ExecutionResult | None:
+        """What became of ``task_id``: its final result as the workers recorded it (success, or the
+        failure that was dead-lettered), or None when no outcome is recorded (unknown, expired,
+        or not finished yet). Reads the workers' outcome records in Valkey: needs ``valkey_url``."""
+        if self.valkey_url is None:
+            raise ClientError("get_result needs the workers' Valkey: pass valkey_url to the ExecutionClient")
+        if self._results is None:
+            self._results = ResultStore(self.valkey_url, self.topology)
+        return await self._results.get(task_id)
 
     # --- watching ---
     def results(
@@ -238,14 +265,17 @@ def _value(value: Any) -> str | None:
 class _Connecting:
     """``await`` it for a started client, or ``async with`` it for one closed on exit."""
 
-    def __init__(self, cls: type[ExecutionClient], url: str, topology: Topology | None, timeout: float) -> None:
+    def __init__(
+        self, cls: type[ExecutionClient], url: str, topology: Topology | None, timeout: float, valkey_url: str | None
+    ) -> None:
         self._cls, self._url, self._topology, self._timeout = cls, url, topology, timeout
+        self._valkey_url = valkey_url
         self._client: ExecutionClient | None = None
 
     async def _open(self) -> ExecutionClient:
         check_amqp_url(self._url)
         connection = await aio_pika.connect_robust(self._url, timeout=self._timeout, fail_fast=True)
-        client = self._cls(connection, self._topology, owns_connection=True)
+        client = self._cls(connection, self._topology, owns_connection=True, valkey_url=self._valkey_url)
         try:
             return await client.start()
         except BaseException:

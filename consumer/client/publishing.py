@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError, PublishError
 
 from consumer.client.errors import ConnectionLost, PublishFailed, TopologyMissing
+from consumer.telemetry import tracing
 from schemas import CONTENT_TYPE, ExecutionCommand, encode, utcnow
 from schemas.headers import TASK_ID
 
@@ -24,7 +25,11 @@ def command_message(
 ) -> aio_pika.Message:
     """The AMQP message of a command: persistent JSON with a fresh ``message_id``; request/reply
     fields are also set as AMQP properties (the worker honours them first, as every AMQP client
-    sets them; ``reply_to`` overrides the command's own, e.g. with direct reply-to)."""
+    sets them; ``reply_to`` overrides the command's own, e.g. with direct reply-to). The current
+    trace context travels in the ``traceparent``/``tracestate`` headers, so the worker's span and
+    the engine's requests join the caller's trace."""
+    headers: dict[str, Any] = {TASK_ID: command.task_id}
+    tracing.inject(headers)
     return aio_pika.Message(
         body=encode(command),
         message_id=message_id or new_message_id(),
@@ -35,7 +40,7 @@ def command_message(
         # The AMQP priority: RabbitMQ 4 quorum queues deliver priority 5-9 before 0-4; 3.x ignores it.
         priority=command.priority,
         timestamp=utcnow(),
-        headers={TASK_ID: command.task_id},
+        headers=headers,
     )
 
 

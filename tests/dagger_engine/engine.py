@@ -55,6 +55,9 @@ class TestEngine:
         self._released.set()
         self._query_errors: list[QueryProblem] = []
         self.request_count = 0  # every HTTP request received, injected failures included
+        # The W3C ``traceparent`` header of each request that carried one, in arrival order (the
+        # SDK puts the caller's current OpenTelemetry context on every request).
+        self.traceparents: list[str] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -342,8 +345,11 @@ class TestEngine:
     def _handle(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes]:
+        traceparent = {k.lower(): v for k, v in headers.items()}.get("traceparent")
         with self._lock:
             self.request_count += 1
+            if traceparent is not None:
+                self.traceparents.append(traceparent)
             delay = self._request_delay
         if delay > 0:
             self._core.stopping.wait(delay)
