@@ -246,7 +246,7 @@ async def test_a_module_outside_allowed_modules_is_refused_before_the_engine_hea
 async def test_without_allowed_modules_module_calls_are_refused_and_start_up_says_so(
     dagger_engine: TestEngine, greeter: Greeter, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="consumer")
+    caplog.set_level(logging.INFO, logger="dagger_adapter")
     async with started(adapter_config(tmp_path)) as adapter:
         result = await call(adapter, "greet_person", args={"name": "a", "times": 1})
     refused(result, "module calls are disabled on this worker (allowed_modules is empty)")
