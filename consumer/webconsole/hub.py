@@ -25,7 +25,7 @@ from consumer.webconsole.history import History
 from schemas import ExecutionResult, StatusEvent, WorkerHeartbeat
 from topology import queue_depths
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.webconsole.hub")
 
 DEPTH_POLL_SECONDS = 2.0
 RETRY_MAX_SECONDS = 15.0

@@ -23,7 +23,7 @@ from consumer.webconsole.pages import client_of, console_of, flash, mutation
 from consumer.webconsole.security import Role
 from schemas import ErrorCategory
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.webconsole.views_dead_letters")
 
 SCAN_LIMIT = 5_000  # dead letters read per page view (the page says when there are more)
 SHOW_LIMIT = 500  # rows shown

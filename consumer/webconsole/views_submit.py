@@ -19,7 +19,7 @@ from consumer.webconsole.pages import client_of, console_of, mutation, text_valu
 from consumer.webconsole.security import Role
 from schemas import ExecutionCommand
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dagger_adapter.webconsole.views_submit")
 
 MAX_DOCUMENT = 256 * 1024  # characters of a pasted command
 EXAMPLE_SUFFIXES = (".json", ".yaml", ".yml")
