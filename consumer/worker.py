@@ -209,6 +209,7 @@ class Worker:
         self._consume_channel: AbstractRobustChannel | None = None
         self._reply_channel: AbstractRobustChannel | None = None
         self._status_exchange: AbstractExchange | None = None
+        self._heartbeat_exchange: AbstractExchange | None = None
         self._queue: AbstractRobustQueue | None = None
         self._ledger: Ledger | None = None
         self.metrics = WorkerMetrics(worker_id=self.worker_id, version=package_version(), capacity=self.capacity)
@@ -260,6 +261,10 @@ class Worker:
         # (one may be lost if the broker fails at that moment; results and retries never are).
         status_channel = await self._connection.channel(publisher_confirms=False)
         self._status_exchange = await status_channel.get_exchange(self.spec.status_exchange, ensure=False)
+        # The worker's own heartbeat on a channel of its own: a channel sends one publish at a
+        # time, and behind a burst of thousands of task events the heartbeat would come late.
+        heartbeat_channel = await self._connection.channel(publisher_confirms=False)
+        self._heartbeat_exchange = await heartbeat_channel.get_exchange(self.spec.status_exchange, ensure=False)
 
         await self.adapter.initialize()
         valkey_url = self.adapter.valkey_url or self.config.valkey_url
@@ -514,8 +519,10 @@ class Worker:
             except OSError as exc:
                 log.warning("health file %s not written: %s", self.config.health_file, exc)
         try:
+            if self._heartbeat_exchange is None:
+                raise RuntimeError("the worker has not started")
             await self._publish(
-                self._status_events,
+                self._heartbeat_exchange,
                 self.spec.heartbeat_routing_key,
                 self._message(encode(beat)),
                 patience=0,
