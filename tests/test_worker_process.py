@@ -4,7 +4,6 @@ with SIGTERM, killed with SIGKILL, started against a broker that is not there.""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from schemas import encode
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
+from tests.support.private_rabbit import free_port
 from tests.support.worker_process import (
     Observer,
     WorkerProcess,
@@ -188,7 +188,7 @@ async def test_worker_processes_share_the_queue_each_task_once(
 
 
 async def test_start_up_problems_are_told_clearly(spawn: Spawn) -> None:
-    port = _unused_port()
+    port = free_port()
     worker = spawn(
         amqp_url=f"amqp://guest:hunter2@127.0.0.1:{port}/", timeout_seconds=7200, broker_consumer_timeout_seconds=3600
     )
@@ -207,12 +207,6 @@ async def test_start_up_problems_are_told_clearly(spawn: Spawn) -> None:
     assert last.startswith("dagger-adapter: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:")
     assert "Traceback" not in output
     # Valkey unreachable at start-up is waited for, like the engine: tests/test_worker_fleet.py.
-
-
-def _unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # nothing listens here once the socket is closed
 
 
 async def test_the_worker_can_have_the_sdk_start_the_dagger_cli(
