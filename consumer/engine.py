@@ -75,12 +75,6 @@ def _share_the_sdk_converter() -> None:
 
 _share_the_sdk_converter()
 
-# An exec's three results in one request, instead of sync + exitCode + stdout + stderr (four).
-# Fixed text: the container travels as a variable (its engine ID), never as message text.
-EXEC_OUTPUT_QUERY = gql.gql(
-    "query ExecOutput($id: ID!) { node(id: $id) { ... on Container { exitCode stdout stderr } } }"
-)
-
 
 @dataclass(frozen=True)
 class ExecOutput:
@@ -329,14 +323,18 @@ class EngineSession:
         self._engine.discard(self._generation)
 
     async def exec_output(self, container: dagger.Container) -> ExecOutput:
-        """Run ``container``'s exec and read its exit code, stdout and stderr: two requests (the
-        chain's ID, then one fixed query), where ``sync`` and a request per field take four."""
-        container_id = await container.id()
-        data = await self._execute(EXEC_OUTPUT_QUERY, {"id": container_id})
-        node = data["node"]
+        """Run ``container``'s exec and read its ID, exit code, stdout and stderr in one request:
+        the SDK's own selection of several fields on the chain it built (every value serialised
+        by the SDK), where ``sync`` and a request per field take four."""
+        ctx = container._ctx.select_multiple(
+            "Container", id="id", exit_code="exitCode", stdout="stdout", stderr="stderr"
+        )
+        fields = await ctx.execute(dict[str, Any])
         # Later reads (directories, files) refer to the exec by its ID, as after ``sync``.
-        synced = dagger.Container(self.client._ctx.select_id("Container", container_id))
-        return ExecOutput(exit_code=node["exitCode"], stdout=node["stdout"], stderr=node["stderr"], container=synced)
+        synced = dagger.Container(self.client._ctx.select_id("Container", fields["id"]))
+        return ExecOutput(
+            exit_code=fields["exit_code"], stdout=fields["stdout"], stderr=fields["stderr"], container=synced
+        )
 
     async def execute(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         """A query whose text the caller built from the engine's own type definitions, with

@@ -5,7 +5,9 @@
   result instead of running again; a dead-lettered failure runs again only when it is replayed
   (a new ``x-replay-id``).
 - A *lease* (``SET NX PX``) marks a task as running on one worker. The running worker renews it
-  every third of its lifetime; when that worker dies the lease expires and another one takes over.
+  every third of its lifetime (all of its leases in one round trip); when that worker dies the
+  lease expires and another one takes over. A lease is renewed for no longer than its holder may
+  take (``hold_limit``): a handler stuck past that lets it lapse, so a copy of the command can run.
   Taking a lease also increments the task's *fence*: the lease's fencing token.
 - An outcome is recorded by one script (``_RECORD``): only by the holder of the latest fence (a
   worker whose lease lapsed and was taken over is refused), and only when the task has no final
@@ -34,18 +36,24 @@ from schemas import ExecutionResult
 
 log = logging.getLogger("dagger_adapter.ledger")
 
-# Renew/release only a lease we still own: another worker may hold it after ours expired.
-# A lease that vanished (expired during a stall, or Valkey restarted) is taken back when free.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# Renew only leases we still own: another worker may hold one after ours expired. A lease that
+# vanished (expired during a stall, or Valkey restarted) is taken back when free.
+# KEYS: leases. ARGV: lease ms, then one token per key. Returns 1 (ours) or 0 (taken) per key.
+_RENEW_ALL = """
+local renewed = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    renewed[i] = 1
+  elseif not holder then
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
 end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
+return renewed
 """
 # Take the lease and the next fencing token, and read the task's outcome, in one step.
 # KEYS: lease, fence, outcome, published. ARGV: token, lease ms, fence TTL ms.
@@ -124,13 +132,15 @@ class Ledger:
         self._namespace = namespace
         self.lease_ms = max(1, round(lease_seconds * 1000))
         self._outcome_ttl_ms = max(1, round(outcome_ttl_seconds * 1000))
-        self._renew = client.register_script(_RENEW)
+        self._renew_all = client.register_script(_RENEW_ALL)
         self._acquire = client.register_script(_ACQUIRE)
         self._record = client.register_script(_RECORD)
         self._release = client.register_script(_RELEASE)
         self._published_and_release = client.register_script(_PUBLISHED_AND_RELEASE)
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(StoredOutcome)
+        self._held: dict[str, Lease] = {}  # token -> a lease being kept
+        self._keeper: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str, lease_seconds: float, outcome_ttl_seconds: float) -> Ledger:
@@ -143,6 +153,10 @@ class Ledger:
         await self._client.ping()
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         await self._client.aclose()
 
     def _key(self, kind: str, task_id: str) -> str:
@@ -210,13 +224,14 @@ class Ledger:
         return bytes(value)
 
     # --- leases ---
-    async def try_lease(self, task_id: str, owner: str) -> Lease | None:
+    async def try_lease(self, task_id: str, owner: str, *, hold_limit: float | None = None) -> Lease | None:
         """The lease of ``task_id`` for ``owner``, or None when someone holds it already."""
-        return (await self.acquire(task_id, owner)).lease
+        return (await self.acquire(task_id, owner, hold_limit=hold_limit)).lease
 
-    async def acquire(self, task_id: str, owner: str) -> Acquired:
+    async def acquire(self, task_id: str, owner: str, *, hold_limit: float | None = None) -> Acquired:
         """Try to take the lease of ``task_id`` for ``owner``, and read the task's outcome as it
-        stands at that moment, in one round trip."""
+        stands at that moment, in one round trip. ``hold_limit``: the longest (seconds) the lease
+        is renewed for; None, for as long as it is kept."""
         token = f"{owner}:{uuid.uuid4().hex}"
         fence, raw, published = await self._acquire(
             keys=[
@@ -227,7 +242,7 @@ class Ledger:
             ],
             args=[token, self.lease_ms, self._outcome_ttl_ms],
         )
-        lease = Lease(self, task_id, token, int(fence)) if int(fence) else None
+        lease = Lease(self, task_id, token, int(fence), hold_limit) if int(fence) else None
         return Acquired(lease, self._stored(task_id, raw, published))
 
     async def lease_remaining(self, task_id: str) -> float:
@@ -239,11 +254,65 @@ class Ledger:
         raw = await self._client.get(self._key("lease", task_id))
         return raw.decode().rsplit(":", 1)[0] if raw else None
 
-    async def _renew_lease(self, lease: Lease) -> bool:
-        return bool(await self._renew(keys=[self._key("lease", lease.task_id)], args=[lease.token, self.lease_ms]))
+    # --- keeping leases: one task renews every lease this ledger keeps, a round trip per batch ---
+    def _keep(self, lease: Lease) -> None:
+        self._held[lease.token] = lease
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep_renewed(), name="lease-keeper")
+
+    def _let_go(self, lease: Lease) -> None:
+        self._held.pop(lease.token, None)
+
+    async def _keep_renewed(self) -> None:
+        interval = self.lease_ms / 3000
+        while self._held:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            due = []
+            for lease in list(self._held.values()):
+                if lease.outlived(now):
+                    self._let_go(lease)
+                else:
+                    due.append(lease)
+            for start in range(0, len(due), RENEW_BATCH):
+                await self._renew_batch(due[start : start + RENEW_BATCH])
+
+    async def _renew_batch(self, leases: list[Lease]) -> None:
+        try:
+            renewed = await self._renew_all(
+                keys=[self._key("lease", lease.task_id) for lease in leases],
+                args=[self.lease_ms, *(lease.token for lease in leases)],
+            )
+        except Exception as exc:
+            log.warning("could not renew %d task lease(s): %s", len(leases), exc)
+            now = time.monotonic()
+            for lease in leases:
+                if now - lease.renewed_at >= self.lease_ms / 1000:
+                    lease.lost = True
+                    self._let_go(lease)
+                    log.warning(
+                        "the task lease ran out unrenewed; another worker may start it",
+                        extra={"ledger_task": lease.task_id},
+                    )
+            return
+        now = time.monotonic()
+        for lease, ours in zip(leases, renewed, strict=True):
+            if int(ours):
+                lease.renewed_at = now
+            elif lease.token in self._held:  # not let go meanwhile: really taken over
+                lease.lost = True
+                self._let_go(lease)
+                log.warning(
+                    "the task lease expired before it was renewed; another worker may start it",
+                    extra={"ledger_task": lease.task_id},
+                )
 
     async def _release_lease(self, lease: Lease) -> None:
         await self._release(keys=[self._key("lease", lease.task_id)], args=[lease.token])
+
+
+# Leases renewed per round trip (one script call): a bound on how long one call holds Valkey.
+RENEW_BATCH = 500
 
 
 class Acquired(NamedTuple):
@@ -252,31 +321,43 @@ class Acquired(NamedTuple):
 
 
 class Lease:
-    """A held lease; ``async with lease:`` keeps renewing it and releases it at the end."""
+    """A held lease; ``async with lease:`` keeps it renewed (up to its hold limit) and releases it
+    at the end."""
 
-    def __init__(self, ledger: Ledger, task_id: str, token: str, fence: int) -> None:
+    def __init__(self, ledger: Ledger, task_id: str, token: str, fence: int, hold_limit: float | None = None) -> None:
         self._ledger = ledger
         self.task_id = task_id
         self.token = token
         self.fence = fence  # the fencing token: an outcome is recorded only under the latest one
         # Set when a renewal found the lease taken over, or none succeeded for a whole lease
-        # lifetime (Valkey unreachable): the task may be running elsewhere now.
+        # lifetime (Valkey unreachable), or it was held past its hold limit: the task may be
+        # running elsewhere now.
         self.lost = False
         self.released = False  # released already (with the outcome marked published)
-        self._renewed_at = time.monotonic()
-        self._renewer: asyncio.Task[None] | None = None
+        self.renewed_at = time.monotonic()
+        self._renew_until = None if hold_limit is None else self.renewed_at + hold_limit
+
+    def outlived(self, now: float) -> bool:
+        """Held past its hold limit (its handler is stuck): it is let go, to lapse."""
+        if self._renew_until is None or now < self._renew_until:
+            return False
+        if not self.lost:
+            self.lost = True
+            log.warning(
+                "the task lease was held longer than handling a command may take; letting it lapse so that "
+                "a copy of the command can run (an outcome of ours is then fenced out)",
+                extra={"ledger_task": self.task_id},
+            )
+        return True
 
     async def __aenter__(self) -> Lease:
-        self._renewer = asyncio.create_task(self._keep_renewed(), name=f"lease-{self.task_id}")
+        self._ledger._keep(self)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+        self._ledger._let_go(self)
         await self.release()
 
     async def release(self) -> None:
@@ -286,20 +367,3 @@ class Lease:
             await self._ledger._release_lease(self)
         except Exception as exc:  # the lease then simply expires
             log.warning("could not release the task lease: %s", exc)
-
-    async def _keep_renewed(self) -> None:
-        interval = self._ledger.lease_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if not await self._ledger._renew_lease(self):
-                    self.lost = True
-                    log.warning("the task lease expired before it was renewed; another worker may start it")
-                    return
-                self._renewed_at = time.monotonic()
-            except Exception as exc:
-                log.warning("could not renew the task lease: %s", exc)
-                if time.monotonic() - self._renewed_at >= self._ledger.lease_ms / 1000:
-                    self.lost = True
-                    log.warning("the task lease ran out unrenewed; another worker may start it")
-                    return

@@ -54,7 +54,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from valkey.exceptions import ValkeyError
 
 from consumer.attempts import SEAL, AttemptSeal
-from consumer.broker import BrokerUnavailable, connect_broker
+from consumer.broker import BrokerUnavailable, connect_broker, publish_without_drain
 from consumer.config import DaggerAdapterConfig, redact_url, topology_for
 from consumer.decisions import (
     PUT_BACK_DELAY_SECONDS,
@@ -108,6 +108,16 @@ log = logging.getLogger("dagger_adapter.worker")
 # message is then not acked and comes back to a worker later.
 PUBLISH_PATIENCE_SECONDS = 60.0
 STATUS_PATIENCE_SECONDS = 10.0
+# How long a publish on an open channel waits for the broker's confirm. Confirms come late under
+# load (a busy broker, a busy event loop); one that never comes means a broker in trouble.
+CONFIRM_TIMEOUT_SECONDS = 60.0
+# Beyond timeout_seconds, the longest handling a command may take: resolving its images, and
+# publishing its outcome while the broker reconnects (each publish PUBLISH_PATIENCE_SECONDS to get
+# out, CONFIRM_TIMEOUT_SECONDS for its confirm) and settling. A handler holding its task's lease
+# longer is stuck: the lease is let go, so that a copy of the command can run.
+HANDLING_MARGIN_SECONDS = 900.0
+# How long an ack (or requeue) may take to go out before the handler lets go of its message.
+SETTLE_TIMEOUT_SECONDS = 30.0
 # After the drain timeout, how long cancelled executions get to requeue their commands.
 SETTLE_GRACE_SECONDS = 10.0
 VALKEY_PROBE_SECONDS = 1.0
@@ -127,6 +137,16 @@ class StartupFailed(RuntimeError):
 
 class Unroutable(RuntimeError):
     """A retry or dead letter that no queue took: the command it is for must not be acked."""
+
+
+class ConfirmTimeout(RuntimeError):
+    """A publish the broker did not confirm in time, on a channel that is still open. Not one of
+    the ``BROKER_ERRORS``: the message may well be out, so it is not published again; the command
+    is requeued and its copy is answered from the ledger."""
+
+
+# What keeps a status event from going out: it is logged, and the command goes on.
+STATUS_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, ConfirmTimeout)
 
 
 class Unpublishable(RuntimeError):
@@ -635,7 +655,9 @@ class Worker:
                 await self._carry_out(delivery, command, PutBack("the worker is stopping"))
                 return
             ledger = self._require_ledger()
-            lease, standing = await ledger.acquire(command.task_id, self.worker_id)
+            lease, standing = await ledger.acquire(
+                command.task_id, self.worker_id, hold_limit=self.config.timeout_seconds + HANDLING_MARGIN_SECONDS
+            )
             if lease is None:
                 log.info("task is running elsewhere", extra={"holder": await ledger.lease_holder(command.task_id)})
                 await self._carry_out(
@@ -1032,9 +1054,16 @@ class Worker:
         mandatory: bool = False,
         patience: float = PUBLISH_PATIENCE_SECONDS,
     ) -> bool:
-        """Publish and wait for the broker's confirm. While the connection is down, wait for the
-        robust connection to come back (up to ``patience`` seconds) and publish again.
+        """Publish and wait for the broker's confirm (on a confirming channel). While the connection
+        is down, wait for the robust connection to come back (up to ``patience`` seconds) and
+        publish again. A confirm that is only slow is waited for (``CONFIRM_TIMEOUT_SECONDS``),
+        never answered by publishing again: under load that put a second copy of results out.
         False when a ``mandatory`` message came back: no queue took it."""
+        try:  # the common case, without setting up a retry loop for each message
+            return await self._publish_once(exchange, routing_key, message, mandatory)
+        except BROKER_ERRORS:
+            if patience <= 0:
+                raise
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
             wait=wait_exponential(multiplier=0.2, max=2),
@@ -1042,12 +1071,22 @@ class Worker:
             reraise=True,
         ):
             with attempt:
-                try:
-                    confirmed = await exchange.publish(message, routing_key, mandatory=mandatory, timeout=10)
-                except (TypeError, ValueError) as exc:  # encoding: a property, header or key too long
-                    raise Unpublishable(str(exc)) from exc
-                return not isinstance(confirmed, aiormq.abc.DeliveredMessage)
+                return await self._publish_once(exchange, routing_key, message, mandatory)
         return False  # pragma: no cover - AsyncRetrying either returns or raises
+
+    @staticmethod
+    async def _publish_once(
+        exchange: AbstractExchange, routing_key: str, message: aio_pika.Message, mandatory: bool
+    ) -> bool:
+        try:
+            confirmed = await publish_without_drain(
+                exchange, message, routing_key, mandatory=mandatory, confirm_timeout=CONFIRM_TIMEOUT_SECONDS
+            )
+        except (TypeError, ValueError) as exc:  # encoding: a property, header or key too long
+            raise Unpublishable(str(exc)) from exc
+        except TimeoutError as exc:  # not a broker error: publishing again could only add a copy
+            raise ConfirmTimeout(f"no confirm from the broker in {CONFIRM_TIMEOUT_SECONDS:.0f} s") from exc
+        return not isinstance(confirmed, aiormq.abc.DeliveredMessage)
 
     async def _publish_to_queue(self, exchange: AbstractExchange, routing_key: str, message: aio_pika.Message) -> None:
         """Publish what must land in one of our queues (a retry or a dead letter): the command is
@@ -1138,8 +1177,8 @@ class Worker:
                 self._message(encode(event), headers={h.TASK_ID: event.task_id}),
                 patience=STATUS_PATIENCE_SECONDS,
             )
-        except BROKER_ERRORS as exc:
-            log.warning("status event %s not published: %s", event.state.value, exc)
+        except STATUS_ERRORS as exc:
+            log.warning("status event %s not published: %r", event.state.value, exc)
 
     async def _settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
         """Ack (or requeue) on the channel the message came from. When that channel died with a
@@ -1148,10 +1187,13 @@ class Worker:
         if message.processed:
             return
         try:
-            if requeue:
-                await message.nack(requeue=True)
-            else:
-                await message.ack()
+            # Bounded: a handler stuck here would keep its task's lease renewed, and every copy
+            # of the command postponed, for as long as it hangs.
+            async with asyncio.timeout(SETTLE_TIMEOUT_SECONDS):
+                if requeue:
+                    await message.nack(requeue=True)
+                else:
+                    await message.ack()
         except BROKER_ERRORS as exc:
             log.info("could not settle the message on its (closed) channel; the broker redelivers it: %s", exc)
 

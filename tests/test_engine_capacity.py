@@ -1,7 +1,7 @@
 """The engine connection holds as many requests at once as the worker runs executions: more
 executions than the SDK's default HTTP pool (100 connections) all reach the engine together,
 spread over pools small enough that a request costs the same however many are in flight; and an
-execution reads its exec's results in two engine requests."""
+execution reads its exec's results in one engine request."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ async def test_more_executions_than_the_default_http_pool_reach_the_engine_toget
     assert dagger_engine.max_concurrent_execs == EXECUTIONS
 
 
-async def test_an_execution_reads_its_exec_results_in_two_engine_requests(
+async def test_an_execution_reads_its_exec_results_in_one_engine_request(
     dagger_engine: TestEngine, tmp_path: Path
 ) -> None:
     pipeline = [{"from": {"address": "alpine:3.20"}}, {"with_exec": {"args": ["echo", "hi"]}}]
@@ -64,7 +64,7 @@ async def test_an_execution_reads_its_exec_results_in_two_engine_requests(
         before = dagger_engine.request_count
         result = await adapter.execute(pipeline_command("counted", pipeline=pipeline))
     assert result.success and result.result["stdout"] == "hi\n" and result.result["exit_code"] == 0
-    assert dagger_engine.request_count - before == 2
+    assert dagger_engine.request_count - before == 1
 
 
 async def test_requests_spread_over_the_pools_and_count_until_their_response_is_closed() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -152,9 +153,9 @@ async def test_a_lease_whose_renewals_fail_for_a_whole_lifetime_is_lost(valkey_u
     lease = await ledger.try_lease("t-10", "worker-a")
     assert lease is not None
     async with lease:
-        await ledger.close()  # Valkey unreachable from here on: every renewal fails
+        await ledger._client.aclose()  # Valkey unreachable from here on: every renewal fails
         ledger._client = type(ledger._client).from_url("valkey://127.0.0.1:1")  # nothing listens there
-        ledger._renew = ledger._client.register_script(ledger_module._RENEW)
+        ledger._renew_all = ledger._client.register_script(ledger_module._RENEW_ALL)
         deadline = time.monotonic() + 5 * LEASE
         while not lease.lost:
             assert time.monotonic() < deadline, "a lease that could not be renewed for its lifetime is not lost"
@@ -177,3 +178,34 @@ async def test_taking_a_lease_reads_the_outcome_standing_at_that_moment(ledger: 
     third = await ledger.acquire("t-20", "worker-c")
     assert third.lease is None and third.outcome is not None and third.outcome.published
     await second.lease.release()
+
+
+async def test_all_leases_a_worker_holds_are_kept_together(ledger: Ledger) -> None:
+    # Hundreds at once (one renewal round trip for all of them): each is still exclusive after
+    # three of its lifetimes, and each is free at once when released.
+    leases = [await ledger.try_lease(f"t-many-{i}", "worker-a") for i in range(300)]
+    assert all(lease is not None for lease in leases)
+    async with contextlib.AsyncExitStack() as held:
+        for lease in leases:
+            await held.enter_async_context(lease)  # type: ignore[arg-type]
+        await asyncio.sleep(3 * LEASE)
+        taken = await asyncio.gather(*(ledger.try_lease(f"t-many-{i}", "worker-b") for i in range(300)))
+        assert taken == [None] * 300
+        assert not any(lease.lost for lease in leases if lease is not None)
+    assert await ledger.try_lease("t-many-7", "worker-b") is not None
+
+
+async def test_a_lease_held_past_its_hold_limit_lapses_so_a_copy_can_run(ledger: Ledger) -> None:
+    # The handler holding it is stuck (say, on a broker write that never returns): the lease is
+    # no longer renewed once the longest handling could take has passed, and it expires.
+    stuck = await ledger.try_lease("t-11", "worker-a", hold_limit=2 * LEASE)
+    assert stuck is not None
+    async with stuck:
+        assert await ledger.try_lease("t-11", "worker-b") is None
+        await asyncio.sleep(LEASE)  # renewed meanwhile: still ours
+        assert await ledger.try_lease("t-11", "worker-b") is None
+        copy = await lease_once_expired(ledger, "t-11", "worker-b", timeout=4 * LEASE)
+        assert stuck.lost
+        # Our outcome, should the stuck handler come back, is fenced out.
+        assert await ledger.record_first(outcome_of("t-11", "a"), fence=stuck.fence) == (Recorded.FENCED, None)
+        assert (await ledger.record_first(outcome_of("t-11", "b"), fence=copy.fence))[0] is Recorded.RECORDED
