@@ -28,7 +28,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from gql.transport.exceptions import (
     TransportServerError,
 )
 
+from consumer.coalesce import Coalescer
 from consumer.errors import permanent
 
 log = logging.getLogger("dagger_adapter.engine")
@@ -123,6 +124,8 @@ class _Generation:
         self.last_used = time.monotonic()
         self.modules: dict[str, Any] = {}  # module ref -> its binding (typedefs), once served
         self.modules_lock = asyncio.Lock()
+        # Image reference -> its digest now, one look-up at a time (``consumer.coalesce``).
+        self.image_refs: Coalescer[str] = Coalescer()
 
 
 class DaggerEngine:
@@ -321,6 +324,11 @@ class EngineSession:
 
     def discard(self) -> None:
         self._engine.discard(self._generation)
+
+    async def image_ref(self, key: str, look_up: Callable[[], Awaitable[str]]) -> str:
+        """The digest-pinned reference of the image ``key`` names, as the engine resolves it now:
+        concurrent look-ups of one image in this session share a request (``consumer.coalesce``)."""
+        return await self._generation.image_refs.get(key, look_up)
 
     async def exec_output(self, container: dagger.Container) -> ExecOutput:
         """Run ``container``'s exec and read its ID, exit code, stdout and stderr in one request:

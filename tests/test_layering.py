@@ -13,6 +13,7 @@ import pytest
 CORE = [
     "consumer.adapter",
     "consumer.engine",
+    "consumer.coalesce",
     "consumer.execution",
     "consumer.retry",
     "consumer.breaker",

@@ -154,7 +154,8 @@ class RunContext:
         address = qualify_image(image, self.registry)
         if "@sha256:" in address:
             return address
-        pinned = await self.base_container(image).image_ref()
+        # The session is one credential set's: the image's address names the look-up.
+        pinned = await self.session.image_ref(address, self.base_container(image).image_ref)
         self.pinned_images[address] = pinned
         return pinned
 
