@@ -645,7 +645,9 @@ class Worker:
 
     async def _process(self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool) -> None:
         await self._status(command, TaskState.RECEIVED, delivery.attempt)
-        if await self._answer_from_ledger(delivery, command, leased=False):
+        # With every slot taken, a copy of a finished task is answered now rather than after a
+        # slot frees; otherwise the outcome is read together with taking the lease (a round trip).
+        if self._slots.locked() and await self._answer_from_ledger(delivery, command, leased=False):
             return
         if self._stopping:
             await self._carry_out(delivery, command, PutBack("the worker is stopping"))
@@ -659,6 +661,8 @@ class Worker:
                 command.task_id, self.worker_id, hold_limit=self.config.timeout_seconds + HANDLING_MARGIN_SECONDS
             )
             if lease is None:
+                if await self._answer_from_ledger(delivery, command, leased=False, stored=standing, read=True):
+                    return
                 log.info("task is running elsewhere", extra={"holder": await ledger.lease_holder(command.task_id)})
                 await self._carry_out(
                     delivery, command, leased_elsewhere(await ledger.lease_remaining(command.task_id))
@@ -855,14 +859,21 @@ class Worker:
         log.info("outcome published", extra={"outcome": result.outcome.value})
 
     async def _answer_from_ledger(
-        self, delivery: Delivery, command: ExecutionCommand, *, leased: bool, stored: StoredOutcome | None = None
+        self,
+        delivery: Delivery,
+        command: ExecutionCommand,
+        *,
+        leased: bool,
+        stored: StoredOutcome | None = None,
+        read: bool = False,
     ) -> bool:
         """True when the task already has an outcome and this delivery is settled from it.
-        ``leased``: the outcome ``stored`` was read together with taking the lease.
+        ``leased``: the outcome ``stored`` was read together with taking the lease; ``read``:
+        ``stored`` was read just now, though the lease was not ours.
 
         An outcome recorded but not yet published for this very message is finished only under
         the task's lease: without it, the handler that recorded it may still be publishing."""
-        if not leased:
+        if not leased and not read:
             stored = await self._require_ledger().outcome(command.task_id)
         answer = answer_from_ledger(
             stored,
