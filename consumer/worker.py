@@ -1205,6 +1205,13 @@ class Worker:
                     await message.nack(requeue=True)
                 else:
                     await message.ack()
+        except TimeoutError:
+            log.warning(
+                "the %s did not go out in %.0f s; letting go of the message (the broker redelivers it "
+                "when its channel closes, and the copy is answered from the ledger)",
+                "requeue" if requeue else "ack",
+                SETTLE_TIMEOUT_SECONDS,
+            )
         except BROKER_ERRORS as exc:
             log.info("could not settle the message on its (closed) channel; the broker redelivers it: %s", exc)
 

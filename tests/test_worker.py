@@ -29,6 +29,7 @@ import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+import consumer.worker as worker_module
 from consumer.config import load_config
 from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import JsonFormatter
@@ -234,6 +235,41 @@ async def test_a_transient_failure_is_retried_through_rabbitmq_then_succeeds(
     assert len(retrying) == 1 and retrying[0].attempt == 1
     assert "transient" in (retrying[0].detail or "")
     assert [e.attempt for e in observer.events if e.task_id == "flaky-1" and e.state.value == "running"] == [1, 2]
+    assert await dead_letters(channel, topology_spec) == []
+
+
+async def test_a_handler_stuck_settling_a_retried_command_lets_go_and_the_retry_runs(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_log: Callable[[], list[dict[str, Any]]],
+) -> None:
+    # Seen under overload: a handler logged "retry scheduled", then its ack never went out; it
+    # kept the task's lease renewed, every copy of the command was postponed behind it, and the
+    # task never finished. The ack of the first attempt hangs here the same way.
+    monkeypatch.setattr(worker_module, "SETTLE_TIMEOUT_SECONDS", 1.0)
+    real_ack = aio_pika.IncomingMessage.ack
+    hung: list[str] = []
+
+    async def ack(message: aio_pika.IncomingMessage, multiple: bool = False) -> None:
+        if b"stuck-1" in message.body and not hung:
+            hung.append(message.message_id or "")
+            await asyncio.Event().wait()  # never goes out
+        await real_ack(message, multiple)
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", ack)
+    worker = await start_worker()
+    dagger_engine.fail_requests(1)  # a transient failure: the first attempt is retried
+    await publish_command(channel, topology_spec, command("stuck-1"))
+
+    await observer.wait_for(lambda: observer.results_for("stuck-1"), 30, "the retried command's result")
+    await settle(observer, worker)
+    (result,) = observer.results_for("stuck-1")
+    assert result.success and result.attempts == 2 and hung
+    assert any("did not go out" in line["msg"] for line in worker_log())
     assert await dead_letters(channel, topology_spec) == []
 
 
