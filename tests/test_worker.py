@@ -34,7 +34,7 @@ from consumer.config import load_config
 from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import JsonFormatter
 from consumer.worker import Worker
-from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, decode
+from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, StatusEvent, TaskState, decode
 from schemas import headers as h
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
 from tests.support.private_rabbit import free_port
@@ -271,6 +271,38 @@ async def test_a_handler_stuck_settling_a_retried_command_lets_go_and_the_retry_
     assert result.success and result.attempts == 2 and hung
     assert any("did not go out" in line["msg"] for line in worker_log())
     assert await dead_letters(channel, topology_spec) == []
+
+
+async def test_every_running_execution_sends_heartbeats_until_it_ends_and_none_after(
+    start_worker: StartWorker,
+    observer: Observer,
+    channel: AbstractChannel,
+    topology_spec: Topology,
+    dagger_engine: TestEngine,
+) -> None:
+    n = 20
+    worker = await start_worker(max_concurrent_executions=n)
+    release = threading.Event()
+    dagger_engine.on_exec(["beat"], lambda _: (release.wait(60), ExecOutcome(stdout="done\n"))[1])
+    ids = [f"beat-{i}" for i in range(n)]
+    try:
+        for task_id in ids:
+            await publish_command(channel, topology_spec, command(task_id, "beat", task_id))
+
+        def beats(task_id: str) -> list[StatusEvent]:
+            return [e for e in observer.events if e.task_id == task_id and e.state is TaskState.HEARTBEAT]
+
+        # Each of them, while it runs (interval 0.3 s), says so again and again.
+        await observer.wait_for(lambda: all(len(beats(t)) >= 3 for t in ids), 30, "three heartbeats of each task")
+    finally:
+        release.set()
+    await observer.wait_for(lambda: all(observer.results_for(t) for t in ids), 30, "every result")
+    await settle(observer, worker)
+    for task_id in ids:
+        states = [e.state for e in observer.events if e.task_id == task_id]
+        assert states[-1] is TaskState.SUCCEEDED  # no heartbeat after the task ended
+        assert {e.worker_id for e in beats(task_id)} == {worker.worker_id}
+        assert all(e.attempt == 1 for e in beats(task_id))
 
 
 async def test_retries_exhausted_dead_letters_the_command_with_its_reason(
