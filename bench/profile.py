@@ -1,6 +1,7 @@
-"""``python -m bench.profile FILE [--top N]``: summarise py-spy's collapsed stacks (``--format
-raw``) as the share of samples each function is on the stack for (inclusive) and at the top of
-(self), so a profile can be read, and pasted into the README, as text."""
+"""``python -m bench.profile FILE [--top N] [--areas]``: summarise py-spy's collapsed stacks
+(``--format raw``) as the share of samples each function is on the stack for (inclusive) and at
+the top of (self), or (``--areas``) the worker's busy samples by what it was doing, so a profile
+can be read, and pasted into the README, as text."""
 
 from __future__ import annotations
 
@@ -29,6 +30,43 @@ def summarise(path: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+# What the worker was doing, by a frame on the stack; the first area that matches wins.
+AREAS: list[tuple[str, tuple[str, ...]]] = [
+    ("image digest look-up (an engine request)", ("RunContext.resolve_image",)),
+    (
+        "the exec's engine request (the SDK builds the query; gql, httpx send it)",
+        ("EngineSession.exec_output", "EngineSession._execute", "Context.execute (dagger"),
+    ),
+    ("building the pipeline (SDK objects)", ("PipelinePlan.run", "_run_chain")),
+    ("status events and heartbeats", ("Worker._status",)),
+    ("result, reply, dead letter (publishes with confirms)", ("Worker._publish_outcome", "Worker._publish_result")),
+    ("ledger (Valkey)", ("Ledger.", "Lease.")),
+    ("result cache (Valkey)", ("CacheManager.",)),
+    ("ack", ("Worker._settle",)),
+    ("decoding and checking the command", ("decode_command", "fingerprint (", "Delivery.of")),
+    ("AMQP connection I/O (aiormq)", ("Connection.__reader", "Connection.__writer", "Channel._reader")),
+]
+IDLE = ("_worker (concurrent/futures/thread.py)", "EpollSelector.select (selectors.py)")
+
+
+def areas(path: Path) -> str:
+    shares: Counter[str] = Counter()
+    busy = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_short(frame) for frame in stack.split(";")]
+        if frames[-1] in IDLE:
+            continue
+        busy += int(count)
+        area = next((name for name, marks in AREAS if any(m in f for m in marks for f in frames)), None)
+        shares[area or "the event loop and the rest (other tasks, callbacks)"] += int(count)
+    lines = [f"{busy} busy samples"]
+    lines += [f"{100 * n / busy:5.1f} %  {name}" for name, n in shares.most_common()]
+    return "\n".join(lines)
+
+
 def _short(frame: str) -> str:
     """``func (path/to/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``."""
     name, _, where = frame.partition(" (")
@@ -43,8 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("file", type=Path)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--areas", action="store_true", help="busy samples by what the worker was doing")
     args = parser.parse_args()
-    print(summarise(args.file, args.top))
+    print(areas(args.file) if args.areas else summarise(args.file, args.top))
 
 
 if __name__ == "__main__":
