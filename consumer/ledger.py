@@ -103,6 +103,11 @@ return 1
 """
 
 
+# Connections to Valkey per ledger, and how long a command may wait for one of them.
+MAX_CONNECTIONS = 64
+CONNECTION_WAIT_SECONDS = 30
+
+
 class StoredOutcome(msgspec.Struct, kw_only=True):
     """A finished task's record."""
 
@@ -144,9 +149,17 @@ class Ledger:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str, lease_seconds: float, outcome_ttl_seconds: float) -> Ledger:
-        client = valkey.from_url(  # type: ignore[no-untyped-call]
-            url, socket_timeout=10, socket_connect_timeout=10, client_name=CLIENT_NAME
+        # A bounded pool: a burst of a thousand commands waits its turn for a connection instead
+        # of opening (and naming) a thousand of them in the same moment.
+        pool = valkey.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CONNECTION_WAIT_SECONDS,
+            socket_timeout=10,
+            socket_connect_timeout=10,
+            client_name=CLIENT_NAME,
         )
+        client = valkey.Valkey.from_pool(pool)
         return cls(client, namespace=namespace, lease_seconds=lease_seconds, outcome_ttl_seconds=outcome_ttl_seconds)
 
     async def ping(self) -> None:

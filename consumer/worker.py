@@ -228,6 +228,7 @@ class Worker:
         self._consume_lock = asyncio.Lock()
 
         self._connection: AbstractRobustConnection | None = None
+        self._status_connection: AbstractRobustConnection | None = None
         self._topology: DeclaredTopology | None = None
         self._consume_channel: AbstractRobustChannel | None = None
         self._reply_channel: AbstractRobustChannel | None = None
@@ -282,11 +283,18 @@ class Worker:
         # Status events and heartbeats are informational: published on a channel without
         # publisher confirms, so no command waits for a confirm of its own progress report
         # (one may be lost if the broker fails at that moment; results and retries never are).
-        status_channel = await self._connection.channel(publisher_confirms=False)
+        # On a connection of their own: when the broker holds back a connection that publishes
+        # faster than its queues take (flow control), a thousand executions' heartbeats must not
+        # hold back the results, acks and confirms behind them.
+        try:
+            self._status_connection = await connect_broker(self.config.amqp_url, reconnect_interval=1)
+        except BrokerUnavailable as exc:
+            raise StartupFailed(str(exc)) from None
+        status_channel = await self._status_connection.channel(publisher_confirms=False)
         self._status_exchange = await status_channel.get_exchange(self.spec.status_exchange, ensure=False)
-        # The worker's own heartbeat on a channel of its own: a channel sends one publish at a
-        # time, and behind a burst of thousands of task events the heartbeat would come late.
-        heartbeat_channel = await self._connection.channel(publisher_confirms=False)
+        # The worker's own heartbeat on a channel of its own: behind a burst of thousands of
+        # task events on one channel the heartbeat would come late.
+        heartbeat_channel = await self._status_connection.channel(publisher_confirms=False)
         self._heartbeat_exchange = await heartbeat_channel.get_exchange(self.spec.status_exchange, ensure=False)
 
         await self.adapter.initialize()
@@ -385,9 +393,10 @@ class Worker:
         if self._ledger is not None:
             with contextlib.suppress(Exception):
                 await self._ledger.close()
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
+        for connection in (self._status_connection, self._connection):
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
         log.info("worker stopped")
 
     def _warn_about_consumer_timeout(self) -> None:
