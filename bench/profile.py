@@ -32,7 +32,7 @@ def summarise(path: Path, top: int) -> str:
 
 # What the worker was doing, by a frame on the stack; the first area that matches wins.
 AREAS: list[tuple[str, tuple[str, ...]]] = [
-    ("image digest look-up (an engine request)", ("RunContext.resolve_image",)),
+    ("image digest look-up (an engine request)", ("RunContext.resolve_image", "Coalescer._send")),
     (
         "the exec's engine request (the SDK builds the query; gql, httpx send it)",
         ("EngineSession.exec_output", "EngineSession._execute", "Context.execute (dagger"),
@@ -45,6 +45,9 @@ AREAS: list[tuple[str, tuple[str, ...]]] = [
     ("ack", ("Worker._settle",)),
     ("decoding and checking the command", ("decode_command", "fingerprint (", "Delivery.of")),
     ("AMQP connection I/O (aiormq)", ("Connection.__reader", "Connection.__writer", "Channel._reader")),
+    ("Valkey I/O (writes of the ledger's and the cache's commands)", ("valkey/",)),
+    ("the adapter around a run (its context, spans, retry, breaker)", ("DaggerAdapter.execute",)),
+    ("handling a command, between the steps above", ("Worker._handle",)),
 ]
 IDLE = ("_worker (concurrent/futures/thread.py)", "EpollSelector.select (selectors.py)")
 
