@@ -29,6 +29,8 @@ class Coalescer(Generic[T]):
         batch = self._waiting.get(key)
         if batch is None:
             batch = self._waiting[key] = asyncio.get_running_loop().create_future()
+            # Its failure is every caller's; if all of them gave up, nobody is left to read it.
+            batch.add_done_callback(lambda done: done.cancelled() or done.exception())
             sender = asyncio.create_task(self._send(key, batch, fetch))
             self._senders.add(sender)
             sender.add_done_callback(self._senders.discard)

@@ -229,6 +229,7 @@ class Worker:
 
         self._connection: AbstractRobustConnection | None = None
         self._status_connection: AbstractRobustConnection | None = None
+        self._status_channel: AbstractRobustChannel | None = None
         self._topology: DeclaredTopology | None = None
         self._consume_channel: AbstractRobustChannel | None = None
         self._reply_channel: AbstractRobustChannel | None = None
@@ -290,8 +291,8 @@ class Worker:
             self._status_connection = await connect_broker(self.config.amqp_url, reconnect_interval=1)
         except BrokerUnavailable as exc:
             raise StartupFailed(str(exc)) from None
-        status_channel = await self._status_connection.channel(publisher_confirms=False)
-        self._status_exchange = await status_channel.get_exchange(self.spec.status_exchange, ensure=False)
+        self._status_channel = await self._status_connection.channel(publisher_confirms=False)
+        self._status_exchange = await self._status_channel.get_exchange(self.spec.status_exchange, ensure=False)
         # The worker's own heartbeat on a channel of its own: behind a burst of thousands of
         # task events on one channel the heartbeat would come late.
         heartbeat_channel = await self._status_connection.channel(publisher_confirms=False)
@@ -816,6 +817,10 @@ class Worker:
         while True:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             due = max(due + interval, time.monotonic() + interval / 2)
+            if self._status_channel is None or self._status_channel.is_closed:
+                if self._beating:
+                    log.info("task heartbeats skipped: the status connection is reconnecting")
+                continue
             for command, attempt in list(self._beating.values()):
                 with task_context(command.task_id, attempt):
                     await self._status(command, TaskState.HEARTBEAT, attempt, patience=0)
