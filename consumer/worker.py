@@ -132,6 +132,28 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Commands at once between arriving and running (or settling), see ``Worker._handle``.
+ADMITTED_AT_ONCE = 64
+
+
+class Admitted:
+    """A command's place among those arriving: taken on arrival, given back (once) when its
+    execution is under way, when it starts waiting for a slot, or when it is settled."""
+
+    def __init__(self, places: asyncio.Semaphore) -> None:
+        self._places = places
+        self._held = False
+
+    async def enter(self) -> None:
+        await self._places.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._places.release()
+
+
 class StartupFailed(RuntimeError):
     """RabbitMQ or Valkey could not be reached (or refused us) at start-up; the message is one line, no secrets."""
 
@@ -217,6 +239,7 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._slots = asyncio.Semaphore(self.capacity)  # executions in flight, across reconnects too
+        self._admission = asyncio.Semaphore(ADMITTED_AT_ONCE)  # commands between arriving and running
         self._handlers: set[asyncio.Task[None]] = set()
         self._executions: set[asyncio.Task[ExecutionResult]] = set()
         # Executions running now, and what their heartbeats say (``_task_heartbeat_loop``).
@@ -575,6 +598,17 @@ class Worker:
     # ================================================================ one message
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        # A burst of deliveries (a whole prefetch of a thousand at once) would otherwise run its
+        # first steps in one turn of the event loop, holding up heartbeats and confirms for a
+        # second: a bounded number of commands is between arriving and running at a time.
+        admitted = Admitted(self._admission)
+        await admitted.enter()
+        try:
+            await self._handle_admitted(message, admitted)
+        finally:
+            admitted.release()
+
+    async def _handle_admitted(self, message: AbstractIncomingMessage, admitted: Admitted) -> None:
         delivery = Delivery.of(message, self._seal)
         try:
             # Limits first, then decoding; only InvalidMessage comes out of decode_command.
@@ -596,7 +630,7 @@ class Worker:
             task_context(command.task_id, delivery.attempt),
             self._command_span(delivery, command.task_id, command.execution_type.value),
         ):
-            await self._guarded(delivery, self._process(delivery, command, params.enable_retry))
+            await self._guarded(delivery, self._process(delivery, command, params.enable_retry, admitted))
 
     def _command_span(
         self, delivery: Delivery, task_id: str | None, execution_type: str | None
@@ -665,7 +699,9 @@ class Worker:
     async def _put_back(self, delivery: Delivery, why: str, *, reason: str = "stopping") -> None:
         await self._carry_out(delivery, None, PutBack(why, reason=reason))
 
-    async def _process(self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool) -> None:
+    async def _process(
+        self, delivery: Delivery, command: ExecutionCommand, enable_retry: bool, admitted: Admitted | None = None
+    ) -> None:
         await self._status(command, TaskState.RECEIVED, delivery.attempt)
         # With every slot taken, a copy of a finished task is answered now rather than after a
         # slot frees; otherwise the outcome is read together with taking the lease (a round trip).
@@ -674,6 +710,8 @@ class Worker:
         if self._stopping:
             await self._carry_out(delivery, command, PutBack("the worker is stopping"))
             return
+        if self._slots.locked() and admitted is not None:  # waiting for a slot is not arriving
+            admitted.release()
         async with self._slots:
             if self._stopping:
                 await self._carry_out(delivery, command, PutBack("the worker is stopping"))
@@ -697,7 +735,7 @@ class Worker:
                 if self.adapter.circuit_state == "open":
                     await self._carry_out(delivery, command, open_circuit(self.config.breaker_reset_seconds))
                     return
-                result = await self._execute(command, delivery)
+                result = await self._execute(command, delivery, admitted)
                 if result is None:  # cancelled by the drain timeout: back to the queue, nothing published
                     await self._carry_out(delivery, command, PutBack("cancelled by the drain timeout"))
                     return
@@ -750,7 +788,9 @@ class Worker:
                     log.warning("could not put the command back (%s); requeueing it", exc)
                     await self._requeue(delivery, f"it could not be put back ({exc})")
 
-    async def _execute(self, command: ExecutionCommand, delivery: Delivery) -> ExecutionResult | None:
+    async def _execute(
+        self, command: ExecutionCommand, delivery: Delivery, admitted: Admitted | None = None
+    ) -> ExecutionResult | None:
         """One attempt through the adapter, with ``heartbeat`` status events while it runs.
         None when the drain cancelled it.
 
@@ -777,6 +817,8 @@ class Worker:
         )
         self._executions.add(execution)
         self._beating[execution] = (command, delivery.attempt)
+        if admitted is not None:
+            admitted.release()
         started = time.monotonic()
         try:
             result = await execution
