@@ -36,7 +36,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -560,13 +560,8 @@ class Worker:
     # ================================================================ heartbeat
 
     async def _heartbeat_loop(self) -> None:
-        # A fixed cadence: the time a beat takes, or a busy moment, does not push the next ones back.
-        interval = self.config.heartbeat_interval_seconds
-        due = time.monotonic()
-        while True:
+        async for _ in _fixed_cadence(self.config.heartbeat_interval_seconds, first_at_once=True):
             await self._publish_heartbeat()
-            due = max(due + interval, time.monotonic() + interval / 2)
-            await asyncio.sleep(due - time.monotonic())
 
     async def _publish_heartbeat(self) -> None:
         status = self.adapter.get_status()
@@ -854,11 +849,7 @@ class Worker:
         executions cost one wake-up per interval (not a thousand), and a busy moment delays one
         round of beats instead of pushing each task's later ones back. A beat that cannot go out
         at once (the broker is reconnecting) is skipped, not waited for."""
-        interval = self.config.heartbeat_interval_seconds
-        due = time.monotonic() + interval
-        while True:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            due = max(due + interval, time.monotonic() + interval / 2)
+        async for _ in _fixed_cadence(self.config.heartbeat_interval_seconds, first_at_once=False):
             if self._status_channel is None or self._status_channel.is_closed:
                 if self._beating:
                     log.info("task heartbeats skipped: the status connection is reconnecting")
@@ -1301,6 +1292,17 @@ class Worker:
 
 
 # ==================================================================== helpers
+
+
+async def _fixed_cadence(interval: float, *, first_at_once: bool) -> AsyncIterator[None]:
+    """Every ``interval`` seconds on a fixed cadence: the time a round takes, or a busy moment,
+    does not push the later ones back (after a stall longer than an interval, the next round
+    comes half an interval later, not in a burst)."""
+    due = time.monotonic() + (0.0 if first_at_once else interval)
+    while True:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        yield
+        due = max(due + interval, time.monotonic() + interval / 2)
 
 
 def _log_progress(step: str, state: str, detail: str | None) -> None:
