@@ -9,7 +9,6 @@ Process-level behaviour (SIGTERM, SIGKILL, the CLI) is in ``test_worker_process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import os
@@ -30,13 +29,13 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 import consumer.worker as worker_module
-from consumer.config import load_config
 from consumer.ledger import Lease, Ledger, Recorded, StoredOutcome
 from consumer.logs import JsonFormatter
 from consumer.worker import Worker
 from schemas import DeadLetterHeaders, ExecutionCommand, ExecutionResult, StatusEvent, TaskState, decode
 from schemas import headers as h
 from tests.dagger_engine import ExecOutcome, ExecRecord, TestEngine
+from tests.support.in_process import InProcessWorkers
 from tests.support.private_rabbit import free_port
 from tests.support.worker_process import (
     Observer,
@@ -53,13 +52,12 @@ from topology import Topology, declare, queue_depths
 StartWorker = Callable[..., Awaitable[Worker]]
 
 
-_RUNS: weakref.WeakKeyDictionary[Worker, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+_STARTED_BY: weakref.WeakKeyDictionary[Worker, InProcessWorkers] = weakref.WeakKeyDictionary()
 
 
 async def stop_worker(worker: Worker) -> None:
     """Stop a worker the ``start_worker`` fixture started, and wait until it has shut down."""
-    worker.request_stop()
-    await asyncio.wait_for(_RUNS[worker], 30)
+    await _STARTED_BY[worker].stop(worker)
 
 
 @pytest.fixture
@@ -73,7 +71,7 @@ async def start_worker(
 ) -> AsyncIterator[StartWorker]:
     """Start a worker in this process (config from ``DAGGER_ADAPTER_*`` settings, overrides
     as keyword arguments) and wait until it consumes; stopped (drained) at teardown."""
-    running: list[tuple[Worker, asyncio.Task[None]]] = []
+    workers = InProcessWorkers(observer)
 
     async def start(wait_ready: bool = True, **overrides: Any) -> Worker:
         settings = worker_settings(
@@ -84,26 +82,12 @@ async def start_worker(
             engine_env=dagger_engine.session_env(),
             **overrides,
         )
-        worker = Worker(load_config(env=settings))
-        task = asyncio.create_task(worker.run())
-        running.append((worker, task))
-        _RUNS[worker] = task
-        if not wait_ready:
-            return worker
-        ready = asyncio.create_task(observer.wait_ready(worker.worker_id))
-        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            ready.cancel()
-            task.result()  # raises the start-up error
-        await ready
+        worker = await workers.start(settings, wait_ready=wait_ready)
+        _STARTED_BY[worker] = workers
         return worker
 
     yield start
-    for worker, _ in running:
-        worker.request_stop()
-    for _, task in running:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 30)
+    await workers.stop_all()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ Every test here runs against the test engine in CI and, unchanged, against a rea
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,11 +18,11 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from consumer.config import load_config
 from consumer.worker import Worker
 from schemas import ExecutionCommand, ExecutionResult, ExecutionType
 from schemas import headers as h
 from tests.support.engines import FRESH_FAILURE, FRESH_OUTPUT, IMAGE, MISSING_IMAGE, EngineUnderTest
+from tests.support.in_process import InProcessWorkers
 from tests.support.worker_process import Observer, publish_command, worker_settings
 from topology import Topology
 
@@ -43,7 +41,7 @@ async def start_worker(
     tmp_path: Path,
 ) -> AsyncIterator[StartWorker]:
     """A worker in this process on the engine under test, consuming; drained at teardown."""
-    running: list[tuple[Worker, asyncio.Task[None]]] = []
+    workers = InProcessWorkers(observer)
 
     async def start(**overrides: Any) -> Worker:
         (tmp_path / "data").mkdir(exist_ok=True)
@@ -54,23 +52,10 @@ async def start_worker(
         settings = worker_settings(
             amqp_url=amqp_url, valkey_url=valkey_url, spec=topology_spec, work_dir=tmp_path, **overrides
         )
-        worker = Worker(load_config(env=settings))
-        task = asyncio.create_task(worker.run())
-        running.append((worker, task))
-        ready = asyncio.create_task(observer.wait_ready(worker.worker_id, timeout=120))
-        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            ready.cancel()
-            task.result()
-        await ready
-        return worker
+        return await workers.start(settings, ready_timeout=120)
 
     yield start
-    for worker, _ in running:
-        worker.request_stop()
-    for _, task in running:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 30)
+    await workers.stop_all()
 
 
 def run_command(task_id: str, args: list[str], image: str = IMAGE, **parameters: Any) -> ExecutionCommand:
