@@ -54,6 +54,13 @@ class LoopLag:
         if self._task is not None:
             self._task.cancel()
 
+    def __enter__(self) -> LoopLag:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
 
 @pytest.fixture
 async def loop_lag() -> AsyncIterator[LoopLag]:

@@ -7,12 +7,10 @@ as the chain and building it exceeded Python's recursion limit."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
 import sys
-import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,34 +18,12 @@ from typing import Any
 
 import pytest
 
+from tests.abuse.conftest import LoopLag
 from tests.test_adapter_support import adapter_config, pipeline_command, started, workflow_command
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 LONG = 1000  # the default max_pipeline_operations: the longest chain a command may send
-
-
-class LagProbe:
-    """How late a ticker that should wake every ``tick`` seconds woke, at worst."""
-
-    def __init__(self, tick: float = 0.01) -> None:
-        self.tick = tick
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(self.tick)
-            self.worst = max(self.worst, time.monotonic() - before - self.tick)
-
-    def __enter__(self) -> LagProbe:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
 
 
 @pytest.fixture
@@ -88,7 +64,7 @@ async def run_measured(tmp_path: Path, length: int, *, trace: bool) -> tuple[flo
         if trace:
             tracemalloc.start()
         try:
-            with LagProbe() as lag:
+            with LoopLag() as lag:
                 result = await adapter.execute(pipeline_command(f"long-{length}", pipeline=chain(length)))
             _, peak = tracemalloc.get_traced_memory()
         finally:
